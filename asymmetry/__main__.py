@@ -1,0 +1,5 @@
+import sys
+
+from asymmetry.cli import main
+
+sys.exit(main())

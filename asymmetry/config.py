@@ -1,0 +1,83 @@
+"""The one typed config for the whole assistant, read from TOML.
+
+Each section is a dataclass owned by its subpackage (``index/config.py``, ``retrieval/config.py``, ...) and
+validated in ``__post_init__``; this module only composes them. An unknown key or a wrong type is reported with
+the section, the key and the fix.
+
+Example ``asymmetry.toml``::
+
+    [index]
+    index_type = "auto"
+
+    [retrieval]
+    k = 5
+    mode = "hybrid"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from asymmetry.errors import AsymmetryError, ConfigError
+from asymmetry.eval.config import EvalConfig
+from asymmetry.experts.config import ExpertsConfig
+from asymmetry.index.config import IndexConfig
+from asymmetry.retrieval.config import RetrievalConfig
+from asymmetry.router.config import RouterConfig
+from asymmetry.sampling.config import SamplerConfig
+
+
+@dataclass
+class Config:
+    index: IndexConfig = field(default_factory=IndexConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    experts: ExpertsConfig = field(default_factory=ExpertsConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None) -> Config:
+        """Read a TOML file; ``None`` uses ``$ASYMMETRY_CONFIG`` if set, else the built-in defaults."""
+        path = path or os.environ.get("ASYMMETRY_CONFIG")
+        if not path:
+            return cls()
+        path = Path(path)
+        if not path.is_file():
+            raise AsymmetryError(f"config file {path} does not exist: pass an existing TOML file or omit --config")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise AsymmetryError(f"config file {path} is not valid TOML ({exc}): fix the syntax at that position")
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> Config:
+        return from_dict(cls, data, source)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from a (TOML) dict, recursing into dataclass-typed fields; unknown keys are errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(where, data, f"expected a table of keys for {cls.__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}", data[unknown[0]], f"unknown key; valid keys: {', '.join(sorted(names))}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints.get(key)
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = from_dict(hint, value, f"{where}.{key}")
+        kwargs[key] = value
+    return cls(**kwargs)

