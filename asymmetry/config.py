@@ -6,6 +6,9 @@ the section, the key and the fix.
 
 Example ``asymmetry.toml``::
 
+    [assistant]
+    context_tokens = 2048
+
     [index]
     index_type = "auto"
 
@@ -34,7 +37,25 @@ from asymmetry.sampling.config import SamplerConfig
 
 
 @dataclass
+class AssistantConfig:
+    """[assistant]: the pipeline around the parts."""
+
+    context_tokens: int = 2048  # whole prompt + answer budget, in tokens of the expert's tokenizer
+    mixture: bool = False  # blend the router's top two experts when they are close
+    mixture_margin: float = 0.15  # "close": top-1 minus top-2 probability at most this
+
+    def __post_init__(self):
+        if not isinstance(self.context_tokens, int) or self.context_tokens < 256:
+            raise ConfigError("assistant.context_tokens", self.context_tokens, "use an integer >= 256, e.g. 2048")
+        if not isinstance(self.mixture, bool):
+            raise ConfigError("assistant.mixture", self.mixture, "use true or false")
+        if not (0.0 <= float(self.mixture_margin) <= 1.0):
+            raise ConfigError("assistant.mixture_margin", self.mixture_margin, "use a probability gap in [0, 1]")
+
+
+@dataclass
 class Config:
+    assistant: AssistantConfig = field(default_factory=AssistantConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
