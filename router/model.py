@@ -1,0 +1,369 @@
+"""The switch router: a small head over the shared query embedding, with calibrated probabilities and a fallback.
+
+Training runs in torch (a logistic head, or one hidden ReLU layer); prediction runs in numpy on the saved weights, so
+routing a question costs microseconds beyond the embedding and never imports torch. Probabilities are calibrated by
+temperature scaling on a calibration split. A question whose top probability is below ``threshold`` goes to the
+``fallback`` expert; ``top2`` feeds the mixture mode.
+
+The router is saved as one JSON file (weights as base64 float32) whose manifest names the embedding model, its
+dimension, the label set, the fallback, the training data and the held-out metrics.
+
+Dimensions: N questions, D embedding size, H hidden units, L labels.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asymmetry import defaults
+from asymmetry.errors import AsymmetryError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+DEFAULT_ROUTER_FILE = Path(__file__).with_name("default_router.json")  # committed, trained on the shipped sets
+ROUTER_FILENAME = "router.json"
+HEADS = ("logistic", "mlp")
+
+
+def home_router_path() -> Path:
+    """Where ``asymmetry router train`` writes by default: ``<home>/router/router.json``."""
+    return defaults.home() / "router" / ROUTER_FILENAME
+
+
+def default_router_path() -> Path:
+    """The router used when none is named: a retrained one in the home folder, else the committed one."""
+    path = home_router_path()
+    return path if path.is_file() else DEFAULT_ROUTER_FILE
+
+
+def _resolve(path: str | os.PathLike | None) -> Path:
+    if path is None:
+        return default_router_path()
+    path = Path(path).expanduser()
+    return path / ROUTER_FILENAME if path.is_dir() or path.suffix != ".json" else path
+
+
+@dataclass
+class Route:
+    """Where one question goes. ``expert`` is the fallback when ``confidence`` (the top probability) is too low."""
+
+    expert: str
+    confidence: float
+    probabilities: dict[str, float]
+    top2: list[tuple[str, float]]
+    label: str = ""  # the most probable label, even when the fallback answers
+    fallback: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"expert": self.expert, "confidence": self.confidence, "probabilities": dict(self.probabilities),
+                "top2": [list(t) for t in self.top2], "label": self.label, "fallback": self.fallback}
+
+
+def _encode(a: np.ndarray) -> dict[str, Any]:
+    a = np.ascontiguousarray(a, dtype="<f4")
+    return {"shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode("ascii")}
+
+
+def _decode(d: dict[str, Any], where: str) -> np.ndarray:
+    try:
+        a = np.frombuffer(base64.b64decode(d["data"]), dtype="<f4").reshape(d["shape"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise AsymmetryError(f"router file {where} has a corrupt weight array ({exc}): retrain with asymmetry router train")
+    return a.astype(np.float32)
+
+
+@dataclass
+class Router:
+    """A trained switch classifier. ``layers`` are ``(W, b)`` pairs, W of shape (out, in); ReLU between layers."""
+
+    labels: list[str]
+    layers: list[tuple[np.ndarray, np.ndarray]]
+    temperature: float = 1.0
+    threshold: float = 0.5
+    fallback: str = "general"
+    embedding_model: str = defaults.DEFAULT_EMBEDDING_NAME
+    dim: int = 384
+    manifest: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def __post_init__(self):
+        if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
+            raise AsymmetryError(f"router labels {self.labels} must be at least two distinct expert names")
+        if self.fallback in self.labels:
+            raise AsymmetryError(f"fallback expert {self.fallback!r} is also a router label: give the fallback its own name")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise AsymmetryError(f"router threshold {self.threshold} is outside [0, 1]: use e.g. 0.5")
+        if not self.temperature > 0:
+            raise AsymmetryError(f"router temperature {self.temperature} must be positive: retrain the router")
+        if self.layers[0][0].shape[1] != self.dim or self.layers[-1][0].shape[0] != len(self.labels):
+            raise AsymmetryError("router weights do not match its dimension and labels: retrain with asymmetry router train")
+
+    # -- prediction ----------------------------------------------------------------------------------------------
+    def logits(self, embeddings: np.ndarray) -> np.ndarray:
+        """Calibrated logits, (N, D) -> (N, L)."""
+        x = np.asarray(embeddings, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None, :]  # (1, D)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise AsymmetryError(
+                f"router expects {self.dim}-d embeddings of {self.embedding_model}, got shape {tuple(np.shape(embeddings))}: "
+                "embed the query with the same model the router was trained on"
+            )
+        for i, (w, b) in enumerate(self.layers):
+            x = x @ w.T + b  # (N, out)
+            if i < len(self.layers) - 1:
+                x = np.maximum(x, 0.0)  # (N, H)
+        return x / self.temperature  # (N, L)
+
+    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities, (N, D) -> (N, L), columns in ``self.labels`` order."""
+        z = self.logits(embeddings)  # (N, L)
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)  # (N, L)
+
+    def _route_row(self, p: np.ndarray) -> Route:
+        order = np.argsort(-p)
+        top, second = int(order[0]), int(order[1])
+        confidence = float(p[top])
+        label = self.labels[top]
+        fallback = confidence < self.threshold
+        return Route(
+            expert=self.fallback if fallback else label,
+            confidence=confidence,
+            probabilities={name: float(v) for name, v in zip(self.labels, p)},
+            top2=[(label, confidence), (self.labels[second], float(p[second]))],
+            label=label,
+            fallback=fallback,
+        )
+
+    def route(self, embedding: np.ndarray) -> Route:
+        """Route one question from its precomputed (shared) embedding, shape (D,) or (1, D)."""
+        p = self.predict_proba(embedding)  # (1, L)
+        if p.shape[0] != 1:
+            raise AsymmetryError(f"route() takes one embedding, got {p.shape[0]}: use route_batch() for several")
+        return self._route_row(p[0])
+
+    def route_batch(self, embeddings: np.ndarray) -> list[Route]:
+        return [self._route_row(row) for row in self.predict_proba(embeddings)]
+
+    def route_text(self, text: str | list[str]) -> Route | list[Route]:
+        """Embed with the router's embedding model, then route (prefer ``route`` with the shared embedding)."""
+        from asymmetry.index.embedding import embed
+
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise AsymmetryError("route_text needs a non-empty question")
+        routes = self.route_batch(embed(texts, model=self.embedding_model))
+        return routes[0] if isinstance(text, str) else routes
+
+    # -- persistence ---------------------------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        manifest = dict(self.manifest)
+        manifest.update(
+            format_version=FORMAT_VERSION,
+            embedding_model=self.embedding_model,
+            dim=self.dim,
+            labels=list(self.labels),
+            experts=[*self.labels, self.fallback],
+            fallback=self.fallback,
+            threshold=self.threshold,
+            temperature=self.temperature,
+        )
+        return {"manifest": manifest, "layers": [{"weight": _encode(w), "bias": _encode(b)} for w, b in self.layers]}
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Write atomically (temp file + rename); default ``<home>/router/router.json``."""
+        path = _resolve(path) if path is not None else home_router_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(self.to_json(), fh, indent=1)
+                fh.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.path = path
+        return path
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike | None = None,
+        expert_names: list[str] | None = None,
+        *,
+        embedding_model: str | None = None,
+        threshold: float | None = None,
+        fallback: str | None = None,
+    ) -> Router:
+        """Load a saved router and check it against the caller's experts and embedding model.
+
+        ``path`` None: ``<home>/router/router.json`` if it exists, else the committed default router.
+        ``expert_names``: the experts that exist; every router label and the fallback must be among them.
+        ``embedding_model``: the configured embedding model (a name or folder; None = the embedded default); it must
+        be the one the router was trained on. ``threshold`` / ``fallback`` override the saved values.
+        """
+        from asymmetry.index.embedding import embedding_model_name
+
+        path = _resolve(path)
+        if not path.is_file():
+            raise AsymmetryError(f"no router at {path}: train one with asymmetry router train --out {path}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            m = data["manifest"]
+            layers = [(_decode(layer["weight"], str(path)), _decode(layer["bias"], str(path))) for layer in data["layers"]]
+            labels, saved_fallback = list(m["labels"]), m["fallback"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise AsymmetryError(f"router file {path} is unreadable ({exc}): retrain with asymmetry router train")
+        if m.get("format_version") != FORMAT_VERSION:
+            raise AsymmetryError(
+                f"router file {path} has format {m.get('format_version')}, this version reads {FORMAT_VERSION}: retrain it"
+            )
+        wanted = embedding_model_name(embedding_model)
+        if m["embedding_model"] != wanted:
+            raise AsymmetryError(
+                f"router {path} was trained on embeddings of {m['embedding_model']!r} but the configured embedding "
+                f"model is {wanted!r}: retrain it with asymmetry router train (or configure {m['embedding_model']!r})"
+            )
+        fallback = fallback or saved_fallback
+        if expert_names is not None:
+            expert_names = list(expert_names)
+            missing = [n for n in [*labels, fallback] if n not in expert_names]
+            if missing:
+                raise AsymmetryError(
+                    f"router {path} was trained for experts {labels} (fallback {fallback!r}) but the available experts "
+                    f"are {expert_names}; missing: {missing}. Retrain it for these experts with asymmetry router train "
+                    "(map datasets in router/mapping.toml or add labelled questions with --data FILE.jsonl)"
+                )
+            unrouted = [n for n in expert_names if n not in labels and n != fallback]
+            if unrouted:
+                log.warning("router %s never routes to experts %s: retrain it to include them", path, unrouted)
+        return cls(
+            labels=labels,
+            layers=layers,
+            temperature=float(m["temperature"]),
+            threshold=float(m["threshold"] if threshold is None else threshold),
+            fallback=fallback,
+            embedding_model=m["embedding_model"],
+            dim=int(m["dim"]),
+            manifest=m,
+            path=path,
+        )
+
+
+@dataclass
+class TrainSettings:
+    head: str = "logistic"
+    hidden: int = 128
+    epochs: int = 60
+    batch_size: int = 256
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.head not in HEADS:
+            raise AsymmetryError(f"router head {self.head!r} is unknown: use one of {', '.join(HEADS)}")
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T minimising the NLL of softmax(logits / T) on a calibration split, (N, L), (N,)."""
+    import torch
+
+    z = torch.as_tensor(logits, dtype=torch.float64)  # (N, L)
+    t = torch.as_tensor(y, dtype=torch.long)  # (N,)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z / log_t.exp(), t)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
+
+
+def train(
+    x_train: np.ndarray,
+    y_train: list[str],
+    x_calib: np.ndarray,
+    y_calib: list[str],
+    *,
+    labels: list[str] | None = None,
+    fallback: str = "general",
+    threshold: float = 0.5,
+    embedding_model: str | None = None,
+    settings: TrainSettings | None = None,
+    manifest: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> Router:
+    """Fit the head on (N, D) embeddings with class-balanced cross-entropy, then temperature-scale on calibration."""
+    import torch
+    from tqdm.auto import trange
+
+    from asymmetry.index.embedding import embedding_model_name
+
+    settings = settings or TrainSettings()
+    labels = labels or sorted(set(y_train))
+    index = {name: i for i, name in enumerate(labels)}
+    unknown = sorted(set(y_train) - set(index))
+    if unknown:
+        raise AsymmetryError(f"training labels {unknown} are not in the router labels {labels}")
+    missing = [name for name in labels if name not in set(y_train)]
+    if missing:
+        raise AsymmetryError(f"no training questions for experts {missing}: map a dataset to them or add --data lines")
+    if not len(x_calib):
+        raise AsymmetryError("the calibration split is empty: add questions (user data: \"split\": \"calibration\")")
+    torch.manual_seed(settings.seed)
+    x = torch.as_tensor(np.asarray(x_train, dtype=np.float32))  # (N, D)
+    y = torch.as_tensor([index[v] for v in y_train], dtype=torch.long)  # (N,)
+    n, d = x.shape
+    counts = torch.bincount(y, minlength=len(labels)).float()  # (L,)
+    class_weight = counts.sum() / (len(labels) * counts)  # (L,)
+    if settings.head == "logistic":
+        net = torch.nn.Sequential(torch.nn.Linear(d, len(labels)))
+    else:
+        net = torch.nn.Sequential(
+            torch.nn.Linear(d, settings.hidden), torch.nn.ReLU(), torch.nn.Dropout(0.1),
+            torch.nn.Linear(settings.hidden, len(labels)),
+        )
+    opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs)
+    gen = torch.Generator().manual_seed(settings.seed)
+    net.train()
+    for _ in trange(settings.epochs, desc="training router", disable=not progress):
+        for idx in torch.randperm(n, generator=gen).split(settings.batch_size):
+            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx], weight=class_weight)  # x[idx]: (B, D)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+    net.eval()
+    layers = [
+        (m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy()) for m in net if isinstance(m, torch.nn.Linear)
+    ]
+    router = Router(labels=list(labels), layers=layers, temperature=1.0, threshold=threshold, fallback=fallback,
+                    embedding_model=embedding_model_name(embedding_model), dim=int(d))
+    y_cal = np.array([index[v] for v in y_calib])
+    router.temperature = fit_temperature(router.logits(x_calib), y_cal)
+    router.manifest = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "train": {**asdict(settings), "n_train": int(n), "n_calibration": int(len(y_calib))},
+        **(manifest or {}),
+    }
+    return router

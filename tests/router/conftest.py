@@ -1,0 +1,44 @@
+"""Router fixtures: a small, deterministic subsample of the shipped question sets and their (cached) embeddings.
+
+The subsample is a prefix of the full training selection in hash order, so its embeddings come from the cache that
+``asymmetry router train`` fills in ``<ASYMMETRY_HOME>/router/embeddings``; in a fresh home they are embedded once.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+SMALL_CAPS = {"train": 20, "calibration": 10, "heldout": 10}
+
+
+@pytest.fixture(scope="session")
+def default_experts():
+    """The default expert names of the experts package (the router checks its labels against them)."""
+    return ["science", "commonsense", "general", "scholar"]
+
+
+@pytest.fixture(scope="session")
+def small_examples():
+    from asymmetry.router.data import builtin_examples
+
+    return builtin_examples(caps=SMALL_CAPS)
+
+
+@pytest.fixture(scope="session")
+def small_vectors(small_examples):
+    from asymmetry.router.data import PARTS, EmbeddingCache
+
+    cache = EmbeddingCache()
+    return {part: cache.vectors(small_examples[part], progress=False) for part in PARTS}
+
+
+@pytest.fixture(scope="session")
+def small_router(small_examples, small_vectors):
+    """A logistic router trained on the small subsample (not saved)."""
+    from asymmetry.router.model import TrainSettings, train
+
+    return train(
+        small_vectors["train"], [e.label for e in small_examples["train"]],
+        small_vectors["calibration"], [e.label for e in small_examples["calibration"]],
+        settings=TrainSettings(epochs=40),
+    )

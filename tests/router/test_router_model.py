@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from asymmetry.errors import AsymmetryError
+from asymmetry.router import Route, Router
+from asymmetry.router.metrics import evaluate
+from asymmetry.router.model import fit_temperature
+
+
+def test_route_outputs_calibrated_probabilities_and_top2(small_router, small_vectors):
+    assert small_router.labels == ["commonsense", "scholar", "science"]
+    assert small_router.temperature > 0 and small_router.dim == 384
+    routes = small_router.route_batch(small_vectors["heldout"])
+    for r in routes:
+        assert isinstance(r, Route)
+        assert sum(r.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        assert r.confidence == max(r.probabilities.values())
+        assert r.top2[0] == (r.label, r.confidence) and r.top2[0][1] >= r.top2[1][1] and r.top2[1][0] != r.label
+        assert r.expert == (small_router.fallback if r.confidence < small_router.threshold else r.label)
+    one = small_router.route(small_vectors["heldout"][0])
+    assert one.expert == routes[0].expert and one.confidence == pytest.approx(routes[0].confidence, abs=1e-6)
+
+
+def test_threshold_sends_unsure_questions_to_the_fallback(small_router, small_vectors):
+    x = small_vectors["heldout"]
+    for threshold, expect_fallback in ((1.0, True), (0.0, False)):
+        r = Router(**{**small_router.__dict__, "threshold": threshold})
+        routes = r.route_batch(x)
+        assert all(route.fallback is expect_fallback for route in routes)
+        assert all((route.expert == "general") is expect_fallback for route in routes)
+
+
+def test_small_router_learns_the_labels(small_router, small_examples, small_vectors):
+    report = evaluate(small_router, small_vectors["heldout"], [e.label for e in small_examples["heldout"]])
+    assert report.primary_metric == "accuracy"
+    # 3 balanced-ish classes: chance is about 1/3; 60 training questions per class already separate them
+    assert report.metrics["accuracy"] > 0.6
+    assert report.confusion.sum() == len(small_examples["heldout"])
+    assert 0.0 <= report.metrics["ece"] <= 1.0
+
+
+def test_temperature_scaling_does_not_increase_calibration_nll(small_router, small_examples, small_vectors):
+    labels = small_router.labels
+    y = np.array([labels.index(e.label) for e in small_examples["calibration"]])
+    raw = small_router.logits(small_vectors["calibration"]) * small_router.temperature  # (N, L) before scaling
+
+    def nll(t):
+        z = raw / t
+        z = z - z.max(axis=1, keepdims=True)
+        return float(-(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(axis=1))).mean())
+
+    t = fit_temperature(raw, y)
+    assert t == pytest.approx(small_router.temperature, rel=1e-6)
+    assert nll(t) <= nll(1.0) + 1e-9
+    assert nll(t) <= min(nll(t * 0.8), nll(t * 1.25)) + 1e-9
+
+
+def test_save_load_roundtrip_is_atomic_and_checked(small_router, small_vectors, tmp_path, default_experts):
+    path = small_router.save(tmp_path / "r")
+    assert path == tmp_path / "r" / "router.json" and not list(path.parent.glob(".*tmp"))
+    manifest = json.loads(path.read_text())["manifest"]
+    assert manifest["embedding_model"] == "all-MiniLM-L6-v2" and manifest["dim"] == 384
+    assert manifest["experts"] == ["commonsense", "scholar", "science", "general"]
+    loaded = Router.load(path, expert_names=default_experts)
+    np.testing.assert_allclose(
+        loaded.predict_proba(small_vectors["heldout"]), small_router.predict_proba(small_vectors["heldout"]), rtol=1e-6
+    )
+    assert Router.load(path, threshold=0.9).threshold == 0.9
+
+    with pytest.raises(AsymmetryError, match=r"missing: \['scholar'\].*asymmetry router train"):
+        Router.load(path, expert_names=["science", "commonsense", "general"])
+    with pytest.raises(AsymmetryError, match="missing: \\['general'\\]"):
+        Router.load(path, expert_names=["science", "commonsense", "scholar"])
+    other_model = tmp_path / "my-embedder"
+    other_model.mkdir()
+    with pytest.raises(AsymmetryError, match="trained on embeddings of 'all-MiniLM-L6-v2'.*retrain"):
+        Router.load(path, embedding_model=str(other_model))
+    with pytest.raises(AsymmetryError, match="384-d embeddings"):
+        loaded.route(np.zeros(768, dtype=np.float32))
+    with pytest.raises(AsymmetryError, match="no router at"):
+        Router.load(tmp_path / "absent.json")
+    path.write_text(path.read_text()[:200])
+    with pytest.raises(AsymmetryError, match="unreadable"):
+        Router.load(path)
+
+
+def test_route_text_embeds_with_the_router_model(small_router, small_examples, small_vectors):
+    text = small_examples["heldout"][0].text
+    r = small_router.route_text(text)
+    expected = small_router.route(small_vectors["heldout"][0])
+    assert r.label == expected.label and r.confidence == pytest.approx(expected.confidence, abs=1e-4)
+    with pytest.raises(AsymmetryError, match="non-empty"):
+        small_router.route_text("  ")
