@@ -18,10 +18,7 @@ import numpy as np
 
 _WORD = re.compile(r"[a-z][a-z'-]+")
 STOPWORDS = frozenset(
-    "the a an of to in and or is are was were be been it its this that which what who whom whose when where why how "
-    "for on at by with from as into than then there their they them he she his her him i you we our your not no do "
-    "does did can could would should will shall may might must has have had if so but about after before most more "
-    "one two".split()
+    ["the", "a", "an", "of", "to", "in", "and", "or", "is", "are", "was", "were", "be", "been", "it", "its", "this", "that", "which", "what", "who", "whom", "whose", "when", "where", "why", "how", "for", "on", "at", "by", "with", "from", "as", "into", "than", "then", "there", "their", "they", "them", "he", "she", "his", "her", "him", "i", "you", "we", "our", "your", "not", "no", "do", "does", "did", "can", "could", "would", "should", "will", "shall", "may", "might", "must", "has", "have", "had", "if", "so", "but", "about", "after", "before", "most", "more", "one", "two"]
 )
 
 

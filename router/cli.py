@@ -77,16 +77,16 @@ def _expert_names(cfg) -> list[str] | None:
 
 
 def _load(args, threshold: float | None = None):
+    import dataclasses
+
     from asymmetry.router.model import Router
 
     cfg = args.cfg
-    return Router.load(
-        args.router or cfg.router.path,
-        expert_names=_expert_names(cfg),
-        embedding_model=cfg.index.embedding_model,
-        threshold=cfg.router.threshold if threshold is None else threshold,
-        fallback=cfg.router.fallback,
-    )
+    changes = {"path": args.router} if args.router else {}
+    if threshold is not None:
+        changes["threshold"] = threshold
+    cfg = dataclasses.replace(cfg, router=dataclasses.replace(cfg.router, **changes))
+    return Router.from_config(cfg, _expert_names(cfg))
 
 
 def _print_report(report, console) -> None:
@@ -116,9 +116,8 @@ def _print_report(report, console) -> None:
 def _train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from rich.console import Console
-
     from asymmetry.router.pipeline import train_router
+    from rich.console import Console
 
     cfg = args.cfg.router
     changes = {}
@@ -144,9 +143,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from asymmetry.router.pipeline import evaluate_router
+    from rich.console import Console
 
     router = _load(args)
     report = evaluate_router(router, args.cfg.router, data_files=args.data, builtin=not args.only_data)

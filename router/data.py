@@ -25,11 +25,11 @@ import logging
 import os
 import re
 import tempfile
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tomllib
 
 from asymmetry import defaults
 from asymmetry.errors import AsymmetryError
@@ -274,9 +274,8 @@ class EmbeddingCache:
 
     def vectors(self, examples: list[Example], progress: bool = True) -> np.ndarray:
         """Embeddings for ``examples`` in order, shape (n, d); missing ones are embedded and cached."""
-        from tqdm.auto import tqdm
-
         from asymmetry.index.embedding import embed
+        from tqdm.auto import tqdm
 
         if not examples:
             raise AsymmetryError("no questions to embed: check the router mapping, caps and data files")

@@ -8,7 +8,7 @@ temperature scaling on a calibration split. A question whose top probability is 
 The router is saved as one JSON file (weights as base64 float32) whose manifest names the embedding model, its
 dimension, the label set, the fallback, the training data and the held-out metrics.
 
-Dimensions: N questions, D embedding size, H hidden units, L labels.
+Dimensions: N questions, B a training batch, D embedding size, H hidden units, L labels.
 """
 
 from __future__ import annotations
@@ -189,6 +189,7 @@ class Router:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            os.chmod(tmp, 0o644)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(self.to_json(), fh, indent=1)
                 fh.write("\n")
@@ -198,6 +199,14 @@ class Router:
             raise
         self.path = path
         return path
+
+    @classmethod
+    def from_config(cls, config, expert_names: list[str] | None = None) -> Router:
+        """Load the router a whole :class:`asymmetry.config.Config` names ([router] path, threshold, fallback), checked
+        against ``expert_names`` and the [index] embedding model."""
+        rc = config.router
+        return cls.load(rc.path, expert_names, embedding_model=config.index.embedding_model,
+                        threshold=rc.threshold, fallback=rc.fallback)
 
     @classmethod
     def load(
@@ -298,37 +307,10 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
-def train(
-    x_train: np.ndarray,
-    y_train: list[str],
-    x_calib: np.ndarray,
-    y_calib: list[str],
-    *,
-    labels: list[str] | None = None,
-    fallback: str = "general",
-    threshold: float = 0.5,
-    embedding_model: str | None = None,
-    settings: TrainSettings | None = None,
-    manifest: dict[str, Any] | None = None,
-    progress: bool = False,
-) -> Router:
-    """Fit the head on (N, D) embeddings with class-balanced cross-entropy, then temperature-scale on calibration."""
+def _fit(x_train, y_train, labels, index, settings: TrainSettings, progress: bool):
     import torch
     from tqdm.auto import trange
 
-    from asymmetry.index.embedding import embedding_model_name
-
-    settings = settings or TrainSettings()
-    labels = labels or sorted(set(y_train))
-    index = {name: i for i, name in enumerate(labels)}
-    unknown = sorted(set(y_train) - set(index))
-    if unknown:
-        raise AsymmetryError(f"training labels {unknown} are not in the router labels {labels}")
-    missing = [name for name in labels if name not in set(y_train)]
-    if missing:
-        raise AsymmetryError(f"no training questions for experts {missing}: map a dataset to them or add --data lines")
-    if not len(x_calib):
-        raise AsymmetryError("the calibration split is empty: add questions (user data: \"split\": \"calibration\")")
     torch.manual_seed(settings.seed)
     x = torch.as_tensor(np.asarray(x_train, dtype=np.float32))  # (N, D)
     y = torch.as_tensor([index[v] for v in y_train], dtype=torch.long)  # (N,)
@@ -353,7 +335,46 @@ def train(
             loss.backward()
             opt.step()
         sched.step()
+    return net
+
+
+def train(
+    x_train: np.ndarray,
+    y_train: list[str],
+    x_calib: np.ndarray,
+    y_calib: list[str],
+    *,
+    labels: list[str] | None = None,
+    fallback: str = "general",
+    threshold: float = 0.5,
+    embedding_model: str | None = None,
+    settings: TrainSettings | None = None,
+    manifest: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> Router:
+    """Fit the head on (N, D) embeddings with class-balanced cross-entropy, then temperature-scale on calibration."""
+    import torch
+    from asymmetry.index.embedding import embedding_model_name
+
+    settings = settings or TrainSettings()
+    labels = labels or sorted(set(y_train))
+    index = {name: i for i, name in enumerate(labels)}
+    unknown = sorted(set(y_train) - set(index))
+    if unknown:
+        raise AsymmetryError(f"training labels {unknown} are not in the router labels {labels}")
+    missing = [name for name in labels if name not in set(y_train)]
+    if missing:
+        raise AsymmetryError(f"no training questions for experts {missing}: map a dataset to them or add --data lines")
+    if not len(x_calib):
+        raise AsymmetryError("the calibration split is empty: add questions (user data: \"split\": \"calibration\")")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is ~10x faster than several on a busy CPU
+    try:
+        net = _fit(x_train, y_train, labels, index, settings, progress)
+    finally:
+        torch.set_num_threads(threads)
     net.eval()
+    n, d = len(y_train), int(np.shape(x_train)[1])
     layers = [
         (m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy()) for m in net if isinstance(m, torch.nn.Linear)
     ]
@@ -363,7 +384,7 @@ def train(
     router.temperature = fit_temperature(router.logits(x_calib), y_cal)
     router.manifest = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "train": {**asdict(settings), "n_train": int(n), "n_calibration": int(len(y_calib))},
+        "train": {**asdict(settings), "n_train": int(n), "n_calibration": len(y_calib)},
         **(manifest or {}),
     }
     return router

@@ -8,11 +8,12 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from asymmetry.errors import AsymmetryError
 from asymmetry.router.config import RouterConfig
 from asymmetry.router.data import PARTS, EmbeddingCache, Example, builtin_examples, load_mapping, merge, read_jsonl
 from asymmetry.router.metrics import RouterReport, evaluate
 from asymmetry.router.model import Router, TrainSettings, train
+
+from asymmetry.errors import AsymmetryError
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from asymmetry.router.data import PARTS, builtin_examples, load_mapping, read_jsonl
 
 from asymmetry.errors import AsymmetryError
-from asymmetry.router.data import PARTS, builtin_examples, load_mapping, read_jsonl
 
 
 def test_shipped_mapping_covers_every_dataset_once():

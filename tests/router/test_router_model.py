@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import pytest
-
-from asymmetry.errors import AsymmetryError
 from asymmetry.router import Route, Router
 from asymmetry.router.metrics import evaluate
 from asymmetry.router.model import fit_temperature
+
+from asymmetry.errors import AsymmetryError
 
 
 def test_route_outputs_calibrated_probabilities_and_top2(small_router, small_vectors):
