@@ -12,13 +12,27 @@ INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq")
 @dataclass
 class IndexConfig:
     index_dir: str | None = None  # None: <ASYMMETRY_HOME>/indexes/default
-    corpus: str = "default"
-    index_type: str = "auto"
+    corpus: str = "default"  # "default" or a .xml/.xml.bz2/.jsonl/.parquet path
+    index_type: str = "auto"  # auto: flat < 50k passages <= hnsw < 1M <= ivfpq
     embedding_model: str | None = None  # None: the embedded all-MiniLM-L6-v2
     batch_size: int = 64
+    shard_size: int = 4096  # passages per resumable shard
+    chunk_target_words: int = 150
+    chunk_max_words: int = 200
+    chunk_min_words: int = 100
+    chunk_overlap_words: int = 30
 
     def __post_init__(self):
         if self.index_type not in INDEX_TYPES:
             raise ConfigError("index.index_type", self.index_type, f"use one of {', '.join(INDEX_TYPES)}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError("index.batch_size", self.batch_size, "use a positive integer such as 64")
+        for name in ("batch_size", "shard_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"index.{name}", value, "use a positive integer such as 64")
+        self.chunking()  # validates the chunk sizes
+
+    def chunking(self):
+        from asymmetry.index.chunking import ChunkingConfig
+
+        return ChunkingConfig(self.chunk_target_words, self.chunk_max_words, self.chunk_min_words,
+                              self.chunk_overlap_words)

@@ -1,0 +1,184 @@
+"""Scale benchmark: flat vs HNSW vs IVF-PQ on >= 1M synthetic clustered 384-d vectors.
+
+The vectors imitate sentence embeddings: a mixture of ``--clusters`` Gaussian clusters on the unit sphere, each
+with its own random low-rank covariance (``--rank`` directions, so the intrinsic dimension is far below 384, as
+with real embedding models) plus a little isotropic noise; all vectors are normalised and searched by inner
+product. Queries are fresh draws from the same distribution. Flat (exact) search is the baseline measured in the
+same run: recall@10 = |top-10 ∩ exact top-10| / 10, memory per vector = serialised index bytes / N, and build and
+query times are printed as ratios to flat's.
+
+The IVF-PQ candidates sweep ``pq_m`` and ``nprobe``; the pick is the smallest, then fastest, configuration with
+recall@10 >= 0.9 at <= 1/8 of flat's memory. That pick is the default in ``index/faiss_index.py``.
+
+Run: ``python benchmarks/faiss_scale.py`` (about 10 minutes on 2 cores); ``--n 100000`` for a quick check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+# Shapes: N base vectors, Q queries, D dimensions, R rank of a cluster's covariance, K neighbours.
+
+
+def clustered_vectors(n: int, d: int, clusters: int, rank: int, seed: int, centers_seed: int = 0) -> np.ndarray:
+    rng_c = np.random.default_rng(centers_seed)
+    centers = rng_c.standard_normal((clusters, d)).astype(np.float32)  # (C, D)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    bases = rng_c.standard_normal((clusters, d, rank)).astype(np.float32) / math.sqrt(d)  # (C, D, R)
+    scales = rng_c.uniform(0.5, 1.5, size=(clusters, rank)).astype(np.float32)  # (C, R)
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, d), dtype=np.float32)  # (N, D)
+    step = 50_000
+    for start in range(0, n, step):
+        m = min(step, n - start)
+        labels = rng.integers(0, clusters, size=m)
+        z = rng.standard_normal((m, rank)).astype(np.float32) * scales[labels]  # (M, R)
+        x = centers[labels] + np.einsum("mdr,mr->md", bases[labels], z)  # (M, D)
+        x += 0.004 * rng.standard_normal((m, d)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        out[start : start + m] = x
+    return out
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
+    hits = sum(len(set(f[:k]).intersection(t[:k])) for f, t in zip(found, truth))
+    return hits / (k * len(truth))
+
+
+def index_bytes(index) -> int:
+    return int(faiss.serialize_index(index).nbytes)
+
+
+def timed_search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, float]:
+    t = time.perf_counter()
+    _, ids = index.search(queries, k)  # (Q, K)
+    return ids, time.perf_counter() - t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--clusters", type=int, default=1000)
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--hnsw-m", type=int, default=16)
+    ap.add_argument("--hnsw-ef-construction", type=int, default=40)
+    ap.add_argument("--pq-m", type=int, nargs="+", default=[48, 96])
+    ap.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64])
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "faiss_scale.json"))
+    args = ap.parse_args()
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    k = 10
+    t0 = time.perf_counter()
+    xb = clustered_vectors(args.n, args.dim, args.clusters, args.rank, seed=1)  # (N, D)
+    xq = clustered_vectors(args.queries, args.dim, args.clusters, args.rank, seed=2)  # (Q, D)
+    print(f"data: {args.n:,} x {args.dim} clustered vectors ({args.clusters} clusters, rank {args.rank}) "
+          f"in {time.perf_counter() - t0:.1f}s", flush=True)
+    rows = []
+
+    # baseline: exact flat search
+    t = time.perf_counter()
+    flat = faiss.IndexFlatIP(args.dim)
+    flat.add(xb)
+    flat_build = time.perf_counter() - t
+    truth, flat_query = timed_search(flat, xq, k)
+    flat_bytes = index_bytes(flat) if args.n <= 2_000_000 else flat.ntotal * args.dim * 4
+    base = {"type": "flat", "params": {}, "bytes_per_vector": flat_bytes / args.n, "build_s": flat_build,
+            "query_ms": 1000 * flat_query / args.queries, "recall@10": 1.0}
+    rows.append(base)
+    print(f"flat: build {flat_build:.1f}s, {base['query_ms']:.2f} ms/query, {base['bytes_per_vector']:.0f} B/vector",
+          flush=True)
+    del flat
+
+    # HNSW
+    t = time.perf_counter()
+    hnsw = faiss.IndexHNSWFlat(args.dim, args.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = args.hnsw_ef_construction
+    hnsw.add(xb)
+    hnsw_build = time.perf_counter() - t
+    hnsw_bytes = index_bytes(hnsw)
+    print(f"hnsw: built in {hnsw_build:.1f}s", flush=True)
+    for ef in (32, 64, 128):
+        hnsw.hnsw.efSearch = ef
+        ids, secs = timed_search(hnsw, xq, k)
+        rows.append({"type": "hnsw", "params": {"m": args.hnsw_m, "ef_construction": args.hnsw_ef_construction,
+                                                "ef_search": ef},
+                     "bytes_per_vector": hnsw_bytes / args.n, "build_s": hnsw_build,
+                     "query_ms": 1000 * secs / args.queries, "recall@10": recall_at(ids, truth, k)})
+        print(_fmt(rows[-1], base), flush=True)
+    del hnsw
+
+    # IVF-PQ: one coarse quantizer trained once, shared by the PQ variants
+    nlist = max(1, int(2 * math.sqrt(args.n)))
+    rng = np.random.default_rng(3)
+    train = xb[rng.choice(args.n, size=min(args.n, max(64 * nlist, 256 * 100)), replace=False)]  # (T, D)
+    t = time.perf_counter()
+    quantizer = faiss.IndexFlatIP(args.dim)
+    km = faiss.Clustering(args.dim, nlist)
+    km.niter = 10
+    km.max_points_per_centroid = 64
+    km.train(train, quantizer)
+    coarse_s = time.perf_counter() - t
+    print(f"ivf: {nlist} lists trained in {coarse_s:.1f}s", flush=True)
+    for m in args.pq_m:
+        t = time.perf_counter()
+        index = faiss.IndexIVFPQ(quantizer, args.dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        index.train(train)  # quantizer already trained: only the product quantizer is learned
+        index.add(xb)
+        build = coarse_s + time.perf_counter() - t
+        nbytes = index_bytes(index)
+        for nprobe in args.nprobe:
+            index.nprobe = nprobe
+            ids, secs = timed_search(index, xq, k)
+            rows.append({"type": "ivfpq", "params": {"nlist": nlist, "m": m, "nbits": 8, "nprobe": nprobe},
+                         "bytes_per_vector": nbytes / args.n, "build_s": build,
+                         "query_ms": 1000 * secs / args.queries, "recall@10": recall_at(ids, truth, k)})
+            print(_fmt(rows[-1], base), flush=True)
+        index.own_fields = False  # the shared quantizer outlives this index
+        del index
+
+    budget = base["bytes_per_vector"] / 8
+    ok = [r for r in rows if r["type"] == "ivfpq" and r["recall@10"] >= 0.9 and r["bytes_per_vector"] <= budget]
+    pick = min(ok, key=lambda r: (r["bytes_per_vector"], r["query_ms"])) if ok else None
+    print()
+    print(f"{'type':6} {'params':58} {'B/vec':>7} {'mem/flat':>8} {'build/flat':>10} {'query/flat':>10} {'R@10':>6}")
+    for r in rows:
+        print(f"{r['type']:6} {json.dumps(r['params']):58} {r['bytes_per_vector']:7.1f} "
+              f"{r['bytes_per_vector'] / base['bytes_per_vector']:8.3f} {r['build_s'] / max(flat_build, 1e-9):10.1f} "
+              f"{r['query_ms'] / base['query_ms']:10.3f} {r['recall@10']:6.3f}")
+    if pick:
+        print(f"\nIVF-PQ pick (recall@10 >= 0.9 at <= 1/8 of flat's memory): {json.dumps(pick['params'])} -> "
+              f"recall@10 {pick['recall@10']:.3f}, {pick['bytes_per_vector']:.0f} B/vector "
+              f"({pick['bytes_per_vector'] / base['bytes_per_vector']:.3f} of flat), "
+              f"{pick['query_ms']:.2f} ms/query ({pick['query_ms'] / base['query_ms']:.2f}x flat)")
+    else:
+        print("\nno IVF-PQ configuration reached recall@10 >= 0.9 within 1/8 of flat's memory")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"n": args.n, "dim": args.dim, "queries": args.queries, "clusters": args.clusters, "rank": args.rank,
+              "baseline": "flat (IndexFlatIP), same run", "rows": rows, "pick": pick,
+              "total_s": time.perf_counter() - t0}
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out)
+    print(f"wrote {out} (total {result['total_s']:.0f}s)")
+    return 0 if pick else 1
+
+
+def _fmt(r: dict, base: dict) -> str:
+    return (f"{r['type']}: {json.dumps(r['params'])} recall@10 {r['recall@10']:.3f}, {r['query_ms']:.2f} ms/query "
+            f"({r['query_ms'] / base['query_ms']:.2f}x flat), {r['bytes_per_vector']:.0f} B/vector "
+            f"({r['bytes_per_vector'] / base['bytes_per_vector']:.3f} of flat)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

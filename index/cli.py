@@ -1,0 +1,90 @@
+"""``asymmetry index build|info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from asymmetry.index.config import INDEX_TYPES
+
+
+def register(sub) -> None:
+    p = sub.add_parser("index", help="build or inspect a FAISS passage index",
+                       description="Build a FAISS + BM25 passage index over a Wikipedia corpus, or show one.")
+    isub = p.add_subparsers(dest="index_command", metavar="{build,info}")
+    b = isub.add_parser(
+        "build", help="build (or resume) an index",
+        description="Stream a corpus, chunk it into ~100-200-word passages, embed them in resumable shards and write "
+        "a FAISS index, a passage store, a BM25 index and a manifest. Rerunning an interrupted build continues from "
+        "the last finished shard.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    b.add_argument("--corpus", default=None,
+                   help="'default' (10,033 Vital Articles leads) or a .xml/.xml.bz2 dump, .jsonl or .parquet file "
+                   "(default: index.corpus from the config)")
+    b.add_argument("--index-dir", default=None, help="output folder (default: <ASYMMETRY_HOME>/indexes/default)")
+    b.add_argument("--index-type", choices=INDEX_TYPES, default=None,
+                   help="FAISS index type; auto picks by passage count (default: index.index_type)")
+    b.add_argument("--batch-size", type=int, default=None, help="embedding batch size (default: index.batch_size)")
+    b.add_argument("--shard-size", type=int, default=None, help="passages per resumable shard (default: 4096)")
+    b.add_argument("--rebuild", action="store_true",
+                   help="replace an existing complete index (it stays usable until the new one is complete)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    b.set_defaults(func=_build)
+    i = isub.add_parser("info", help="show an index's manifest",
+                        description="Show the manifest of an index folder (model, type, passages, corpus, files).")
+    i.add_argument("--index-dir", default=None, help="index folder (default: <ASYMMETRY_HOME>/indexes/default)")
+    i.add_argument("--verify", action="store_true", help="also verify every file's SHA-256")
+    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.set_defaults(func=_info)
+    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+
+
+def _build(args) -> int:
+    from asymmetry.index.build import build_index
+
+    cfg = args.cfg.index
+    m = build_index(
+        corpus=args.corpus or cfg.corpus,
+        index_dir=args.index_dir or cfg.index_dir,
+        index_type=args.index_type or cfg.index_type,
+        embedding_model=cfg.embedding_model,
+        batch_size=args.batch_size or cfg.batch_size,
+        shard_size=args.shard_size or cfg.shard_size,
+        chunking=cfg.chunking(),
+        rebuild=args.rebuild,
+        progress=not args.no_progress,
+    )
+    from asymmetry.index.manifest import resolve_index_dir
+
+    print(f"index ready in {resolve_index_dir(args.index_dir or cfg.index_dir)}: {m.passage_count} passages from "
+          f"{m.article_count} articles, {m.index_type} {json.dumps(m.index_params)}, {m.embedding_model}")
+    return 0
+
+
+def _info(args) -> int:
+    from asymmetry.index.manifest import load_manifest, read_manifest, resolve_index_dir
+
+    root = resolve_index_dir(args.index_dir or args.cfg.index.index_dir)
+    m = load_manifest(root, verify=True) if args.verify else read_manifest(root)
+    if m is None:
+        shards = sorted((root / ".build").glob("shard-*.jsonl")) if (root / ".build").is_dir() else []
+        state = f"; a build is in progress or was interrupted ({len(shards)} shards finished)" if shards else ""
+        print(f"{root}: no complete index{state}. Build it with: asymmetry index build --index-dir {root}")
+        return 1
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(m), indent=2, ensure_ascii=False))
+        return 0
+    size = sum(f["bytes"] for f in m.files.values())
+    print(f"index:      {root}")
+    print(f"type:       {m.index_type} {json.dumps(m.index_params)}")
+    print(f"passages:   {m.passage_count} from {m.article_count} articles")
+    print(f"corpus:     {m.corpus.get('source')} ({m.corpus.get('reader')}, sha256 {m.corpus.get('sha256', '')[:12]})")
+    print(f"embedding:  {m.embedding_model} (dim {m.embedding_dim})")
+    print(f"lexical:    {m.lexical.get('library')} ({m.lexical.get('method')}, stemmer {m.lexical.get('stemmer')})")
+    print(f"chunking:   {json.dumps(m.chunking)}")
+    print(f"files:      {len(m.files)} files, {size / 1e6:.1f} MB" + (" (checksums verified)" if args.verify else ""))
+    print(f"format:     v{m.format_version}, built {m.created}")
+    return 0

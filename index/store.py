@@ -1,0 +1,85 @@
+"""The passage store: SQLite keyed by FAISS id, holding title, text, url and metadata (JSON)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from asymmetry.errors import AsymmetryError
+
+SCHEMA = "CREATE TABLE passages (id INTEGER PRIMARY KEY, title TEXT NOT NULL, text TEXT NOT NULL, url TEXT, meta TEXT)"
+
+
+@dataclass
+class StoredPassage:
+    id: int
+    title: str
+    text: str
+    url: str
+    metadata: dict
+
+
+def write_store(path: Path, rows: Iterable[tuple[int, str, str, str, dict]]) -> int:
+    """Write ``(id, title, text, url, metadata)`` rows to a new store at ``path`` (atomically). Returns the count."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    con = sqlite3.connect(tmp)
+    count = 0
+    try:
+        con.execute(SCHEMA)
+        batch = []
+        for pid, title, text, url, meta in rows:
+            batch.append((pid, title, text, url, json.dumps(meta, ensure_ascii=False)))
+            if len(batch) >= 10_000:
+                con.executemany("INSERT INTO passages VALUES (?, ?, ?, ?, ?)", batch)
+                count += len(batch)
+                batch.clear()
+        con.executemany("INSERT INTO passages VALUES (?, ?, ?, ?, ?)", batch)
+        count += len(batch)
+        con.commit()
+    finally:
+        con.close()
+    os.replace(tmp, path)
+    return count
+
+
+class PassageStore:
+    """Read-only access to a passage store; safe to share across threads (one connection per lookup batch)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise AsymmetryError(f"passage store {self.path} is missing: rebuild the index with asymmetry index build")
+        try:
+            self._con = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+            (self._count,) = self._con.execute("SELECT COUNT(*) FROM passages").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise AsymmetryError(
+                f"passage store {self.path} is damaged ({exc}): rebuild with asymmetry index build --rebuild"
+            ) from exc
+
+    def __len__(self) -> int:
+        return self._count
+
+    def get(self, ids: Sequence[int]) -> list[StoredPassage]:
+        """Passages for ``ids`` in the same order (ids must exist)."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = self._con.execute(f"SELECT id, title, text, url, meta FROM passages WHERE id IN ({marks})", ids)
+        found = {r[0]: StoredPassage(r[0], r[1], r[2], r[3] or "", json.loads(r[4]) if r[4] else {}) for r in rows}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise AsymmetryError(
+                f"passage store {self.path} lacks id {missing[0]} that the index returned: the index folder is "
+                "inconsistent; rebuild with asymmetry index build --rebuild"
+            )
+        return [found[i] for i in ids]
+
+    def close(self) -> None:
+        self._con.close()

@@ -1,0 +1,239 @@
+"""Online retrieval over a built index folder: dense FAISS search, BM25 (bm25s) and reciprocal-rank fusion.
+
+``Retriever.open(index_dir)`` verifies the manifest (files, sizes, checksums, embedding model) once;
+``search(query, k, mode, query_embedding=None)`` returns :class:`Passage` objects, near-duplicates removed.
+The router and the retriever share one query embedding: pass it as ``query_embedding`` (shape (D,) or (1, D)).
+
+Shapes: Q queries (always 1 here), D embedding dimensions, C candidates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from asymmetry.retrieval.config import MODES, RetrievalConfig
+
+from asymmetry.errors import AsymmetryError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Passage:
+    id: int
+    title: str
+    text: str
+    url: str
+    score: float
+    metadata: dict = field(default_factory=dict)
+
+
+_WORD = re.compile(r"\w+")
+
+
+def _shingles(text: str, n: int = 3) -> set[tuple[str, ...]]:
+    words = _WORD.findall(text.lower())
+    if len(words) < n:
+        return {tuple(words)}
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def remove_near_duplicates(passages: list[Passage], threshold: float = 0.8) -> list[Passage]:
+    """Drop passages whose word-3-gram Jaccard similarity with a higher-ranked one is >= ``threshold``."""
+    if threshold >= 1.0:
+        return passages
+    kept: list[Passage] = []
+    seen: list[set] = []
+    for p in passages:
+        sh = _shingles(p.text)
+        if any(len(sh & s) / max(1, len(sh | s)) >= threshold for s in seen):
+            continue
+        kept.append(p)
+        seen.append(sh)
+    return kept
+
+
+def reciprocal_rank_fusion(rankings: list[list[int]], k: int = 60) -> list[tuple[int, float]]:
+    """RRF (Cormack et al., 2009): score(d) = sum over rankings of 1 / (k + rank), rank starting at 1."""
+    scores: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, pid in enumerate(ranking, 1):
+            scores[pid] = scores.get(pid, 0.0) + 1.0 / (k + rank)
+    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _as_retrieval_config(config) -> tuple[RetrievalConfig, object | None]:
+    if config is None:
+        return RetrievalConfig(), None
+    if isinstance(config, RetrievalConfig):
+        return config, None
+    if hasattr(config, "retrieval") and hasattr(config, "index"):  # the whole asymmetry Config
+        return config.retrieval, config.index
+    raise TypeError(f"config must be a Config or RetrievalConfig, not {type(config).__name__}")
+
+
+class Retriever:
+    """Dense + lexical + hybrid search over one index folder (see :mod:`asymmetry.index.build`)."""
+
+    def __init__(self, index_dir: Path, manifest, index, store, bm25, config: RetrievalConfig):
+        self.index_dir = index_dir
+        self.manifest = manifest
+        self.index = index
+        self.store = store
+        self.bm25 = bm25
+        self.config = config
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, index_dir: str | os.PathLike | None = None, config=None) -> Retriever:
+        """Open a built index; with ``index_dir=None`` the default index (built on first use, with a progress bar).
+
+        ``config`` is the assistant's ``Config`` (its ``index.embedding_model`` must match the index) or a
+        ``RetrievalConfig``.
+        """
+        import faiss
+        from asymmetry.index import manifest as mf
+        from asymmetry.index.embedding import embedding_model_name
+        from asymmetry.index.faiss_index import apply_search_params
+        from asymmetry.index.store import PassageStore
+
+        rcfg, icfg = _as_retrieval_config(config)
+        if index_dir is None and icfg is not None and icfg.index_dir:
+            index_dir = icfg.index_dir
+        root = mf.resolve_index_dir(index_dir)
+        if index_dir is None and mf.read_manifest(root) is None:
+            from asymmetry.index.build import build_index
+
+            log.warning("building the default index in %s (first use)", root)
+            kwargs = {}
+            if icfg is not None:
+                kwargs = {"corpus": icfg.corpus, "index_type": icfg.index_type,
+                          "embedding_model": icfg.embedding_model, "batch_size": icfg.batch_size}
+            build_index(index_dir=root, **kwargs)
+        manifest = mf.load_manifest(root, verify=rcfg.verify_checksums)
+        if icfg is not None:
+            wanted = embedding_model_name(icfg.embedding_model)
+            if wanted != manifest.embedding_model:
+                raise AsymmetryError(
+                    f"index {root} was built with the embedding model {manifest.embedding_model!r} but the config asks "
+                    f"for {wanted!r}: rebuild it with asymmetry index build --index-dir {root} --rebuild, or set "
+                    "index.embedding_model to the index's model"
+                )
+        try:
+            index = faiss.read_index(str(root / mf.FAISS_NAME))
+        except RuntimeError as exc:
+            raise AsymmetryError(
+                f"index file {root / mf.FAISS_NAME} is damaged ({str(exc).splitlines()[0][:200]}): rebuild with "
+                f"asymmetry index build --index-dir {root} --rebuild"
+            ) from exc
+        if index.d != manifest.embedding_dim or index.ntotal != manifest.passage_count:
+            raise AsymmetryError(
+                f"index file {root / mf.FAISS_NAME} holds {index.ntotal} vectors of dimension {index.d}, the manifest "
+                f"says {manifest.passage_count} of {manifest.embedding_dim}: rebuild with asymmetry index build "
+                f"--index-dir {root} --rebuild"
+            )
+        params = dict(manifest.index_params)
+        if rcfg.ef_search is not None:
+            params["ef_search"] = rcfg.ef_search
+        if rcfg.nprobe is not None:
+            params["nprobe"] = rcfg.nprobe
+        apply_search_params(index, manifest.index_type, params)
+        store = PassageStore(root / mf.STORE_NAME)
+        bm25 = None
+        if (root / mf.BM25_DIR).is_dir():
+            import bm25s
+
+            try:
+                bm25 = bm25s.BM25.load(str(root / mf.BM25_DIR), mmap=True)
+            except (OSError, ValueError) as exc:
+                raise AsymmetryError(
+                    f"lexical index {root / mf.BM25_DIR} is damaged ({exc}): rebuild with asymmetry index build "
+                    f"--index-dir {root} --rebuild"
+                ) from exc
+        return cls(root, manifest, index, store, bm25, rcfg)
+
+    # ----------------------------------------------------------------------------------------------- searching
+    def embed_query(self, query: str) -> np.ndarray:
+        """The normalised query embedding (D,) with the index's embedding model."""
+        from asymmetry.index.embedding import embed
+
+        model = None if self.manifest.embedding_model == _default_name() else self.manifest.embedding_model
+        return embed([query], model=model)[0]  # (D,)
+
+    def search(self, query: str, k: int | None = None, mode: str | None = None,
+               query_embedding: np.ndarray | None = None) -> list[Passage]:
+        """The top ``k`` passages for ``query``: ``mode`` is "hybrid" (default), "dense" or "lexical"."""
+        k = self.config.k if k is None else k
+        mode = mode or self.config.mode
+        if not isinstance(k, int) or k < 1:
+            raise AsymmetryError(f"invalid k={k!r}: pass a positive integer number of passages")
+        if mode not in MODES:
+            raise AsymmetryError(f"invalid mode={mode!r}: use one of {', '.join(MODES)}")
+        if not isinstance(query, str) or not query.strip():
+            raise AsymmetryError("the query is empty: pass a question or keywords")
+        depth = max(k * self.config.oversample, self.config.fusion_depth if mode == "hybrid" else 0)
+        depth = min(depth, self.manifest.passage_count)
+        dense: list[tuple[int, float]] = []
+        lexical: list[tuple[int, float]] = []
+        if mode in ("dense", "hybrid"):
+            if query_embedding is None:
+                query_embedding = self.embed_query(query)
+            dense = self.dense_ids(query_embedding, depth)
+        if mode in ("lexical", "hybrid"):
+            lexical = self.lexical_ids(query, depth)
+        if mode == "dense":
+            ranked = dense
+        elif mode == "lexical":
+            ranked = lexical
+        else:
+            ranked = reciprocal_rank_fusion([[i for i, _ in dense], [i for i, _ in lexical]], self.config.rrf_k)
+        ranked = ranked[: max(depth, k)]
+        stored = self.store.get([pid for pid, _ in ranked])
+        dense_rank = {pid: r for r, (pid, _) in enumerate(dense, 1)}
+        lexical_rank = {pid: r for r, (pid, _) in enumerate(lexical, 1)}
+        passages = []
+        for (pid, score), sp in zip(ranked, stored):
+            meta = dict(sp.metadata)
+            if mode == "hybrid":
+                meta["dense_rank"] = dense_rank.get(pid)
+                meta["lexical_rank"] = lexical_rank.get(pid)
+            passages.append(Passage(pid, sp.title, sp.text, sp.url, float(score), meta))
+        return remove_near_duplicates(passages, self.config.dedup_threshold)[:k]
+
+    def dense_ids(self, query_embedding: np.ndarray, depth: int) -> list[tuple[int, float]]:
+        q = np.asarray(query_embedding, dtype=np.float32).reshape(1, -1)  # (Q, D)
+        if q.shape[1] != self.manifest.embedding_dim:
+            raise AsymmetryError(
+                f"query_embedding has dimension {q.shape[1]} but index {self.index_dir} uses "
+                f"{self.manifest.embedding_dim} ({self.manifest.embedding_model}): embed the query with that model"
+            )
+        scores, ids = self.index.search(q, depth)  # (Q, C), (Q, C)
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+
+    def lexical_ids(self, query: str, depth: int) -> list[tuple[int, float]]:
+        if self.bm25 is None:
+            raise AsymmetryError(f"index {self.index_dir} has no lexical index: rebuild it or use mode='dense'")
+        from asymmetry.index.build import bm25_tokenize
+
+        tokens = [t for t in bm25_tokenize([query], return_ids=False)[0] if t in self.bm25.vocab_dict]
+        if not tokens:
+            return []
+        with self._lock:  # bm25s keeps per-call state
+            ids, scores = self.bm25.retrieve([tokens], k=depth, show_progress=False, n_threads=1)  # (Q, C)
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if s > 0]
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _default_name() -> str:
+    from asymmetry import defaults
+
+    return defaults.DEFAULT_EMBEDDING_NAME
