@@ -1,0 +1,393 @@
+"""The decoding loop: KV cache, one batched forward per step over every branch of every request, the stage chain.
+
+A *request* is one prompt; it has a primary row and optional *branch* rows (the CFG negative prompt, or the same
+prompt under another LoRA adapter) that are decoded with the same generated tokens. All rows of all requests go
+through ONE forward per step: left padding, an attention mask and explicit positions keep the rows independent
+while they share one cache layout. After the forward, each request's primary scores run through its own stage
+chain; combiner stages (CFG, mixture) read their branch rows from the same logits. With a single row and no
+branches the loop passes no mask and no positions (the plain path does no extra work).
+
+Shapes: N = rows in the batch, L = padded prompt length, V = vocabulary, T = tokens of one row so far.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from asymmetry.sampling.chain import ChainContext, build_chain
+from asymmetry.sampling.config import SamplerConfig
+from asymmetry.sampling.stages import BranchCombiner, Mirostat
+
+from asymmetry.errors import AsymmetryError
+
+LOG2 = math.log(2)
+
+
+@dataclass
+class Branch:
+    """An extra row of one request: its own prompt and per-row forward kwargs (e.g. ``{"adapter_names": "x"}``)."""
+
+    name: str
+    prompt: str | list[int]
+    row_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Generation:
+    text: str
+    tokens: list[int]
+    stats: dict[str, Any]
+
+
+@dataclass
+class _Request:
+    prompt_ids: list[int]
+    chain: list
+    row0: int  # index of the primary row
+    n_rows: int
+    combiners: list[tuple[BranchCombiner, list[int]]]
+    stop: list[str]
+    buffer: torch.Tensor  # (1, T_max) prompt + generated ids, for stages reading input_ids
+    tokens: list[int] = field(default_factory=list)
+    surprises: list[float] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0
+    finish_reason: str | None = None
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt_ids) + len(self.tokens)
+
+
+class Generator:
+    """Our generation loop over any Hugging Face causal LM and its tokenizer."""
+
+    def __init__(self, model, tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        params = inspect.signature(base.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._keep_kw = "logits_to_keep" if "logits_to_keep" in params else None
+        config = getattr(base, "config", None)
+        self.vocab_size = int(getattr(config, "vocab_size", 0) or len(tokenizer))
+        self.eos_ids = self._eos_ids(base, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids or {0})
+        self.last: Generation | None = None
+
+    @staticmethod
+    def _eos_ids(model, tokenizer) -> set[int]:
+        ids: set[int] = set()
+        gen_cfg = getattr(model, "generation_config", None)
+        for value in (getattr(gen_cfg, "eos_token_id", None), tokenizer.eos_token_id):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, (list, tuple)):
+                ids.update(int(v) for v in value)
+        return ids
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ----------------------------------------------------------------------------------------------- prompts
+    def encode(self, prompt: str | list[int], what: str = "prompt") -> list[int]:
+        if isinstance(prompt, str):
+            ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
+            ids = list(prompt)
+        else:
+            raise AsymmetryError(f"{what} must be a string or a list of token ids, got {type(prompt).__name__}")
+        if not ids:
+            raise AsymmetryError(f"{what} is empty: pass some text or token ids")
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise AsymmetryError(f"{what} holds token id {bad[0]} outside the vocabulary [0, {self.vocab_size}): "
+                                 "use ids from this model's tokenizer")
+        return ids
+
+    def chat_prompt(self, user: str, system: str | None = None) -> list[int]:
+        """Token ids of ``user`` (and ``system``) wrapped in the tokenizer's chat template, ready for a reply."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise AsymmetryError("this tokenizer has no chat template: drop --chat and pass a plain prompt")
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if not isinstance(out, list):  # transformers 5 returns a BatchEncoding
+            out = out["input_ids"]
+        return list(out)
+
+    # ----------------------------------------------------------------------------------------------- public API
+    def generate(self, prompt: str | list[int], config: SamplerConfig | None = None, *,
+                 negative_prompt: str | list[int] | None = None, stop: Sequence[str] | None = None,
+                 forward_kwargs: dict[str, Any] | None = None, branches: Sequence[Branch] = (),
+                 combiner: BranchCombiner | None = None, row_kwargs: dict[str, Any] | None = None) -> Generation:
+        """Generate a continuation of ``prompt``.
+
+        ``negative_prompt`` (or ``config.negative_prompt``) turns on CFG: it runs as a second row of the same
+        forward. ``forward_kwargs`` go unchanged to every model forward; ``row_kwargs`` (primary row) and each
+        :class:`Branch`'s ``row_kwargs`` become per-row lists (peft's ``adapter_names``). ``combiner`` (e.g.
+        :class:`~asymmetry.sampling.stages.Mixture`) runs first in the chain and reads the ``branches`` it names.
+        """
+        return self.generate_batch([prompt], config, negative_prompt=negative_prompt, stop=stop,
+                                   forward_kwargs=forward_kwargs, branches=branches, combiner=combiner,
+                                   row_kwargs=row_kwargs)[0]
+
+    def generate_batch(self, prompts: Sequence[str | list[int]], config: SamplerConfig | None = None, **kw
+                       ) -> list[Generation]:
+        """Generate for several prompts at once (one forward per step for all of them); same options as generate."""
+        run = self._run(list(prompts), config or SamplerConfig(), **kw)
+        while True:
+            try:
+                next(run)
+            except StopIteration as done:
+                return done.value
+
+    def stream(self, prompt: str | list[int], config: SamplerConfig | None = None, **kw) -> Iterator[str]:
+        """Yield text deltas as they are decided; the final :class:`Generation` is ``self.last`` afterwards."""
+        self.last = None
+        run = self._run([prompt], config or SamplerConfig(), **kw)
+        while True:
+            try:
+                _, delta = next(run)
+            except StopIteration as done:
+                self.last = done.value[0]
+                return
+            yield delta
+
+    # ----------------------------------------------------------------------------------------------- the loop
+    def _cfg_active(self, config: SamplerConfig, negative) -> bool:
+        return "cfg" in config.stages and (negative is not None or config.cfg_scale != 1.0 or config.cfg_rescale > 0)
+
+    def _grammar_stage(self, config: SamplerConfig):
+        from asymmetry.sampling.grammar import GrammarMask, compile_grammar, read_constraint
+
+        constraint = read_constraint(config)
+        if constraint is None or "grammar" not in config.stages:
+            return None
+        compiled = compile_grammar(self.tokenizer, self.vocab_size, **constraint)
+        return GrammarMask(compiled, self.vocab_size, sorted(self.eos_ids))
+
+    def _run(self, prompts: list, config: SamplerConfig, *, negative_prompt=None, stop=None, forward_kwargs=None,
+             branches: Sequence[Branch] = (), combiner: BranchCombiner | None = None, row_kwargs=None):
+        if not isinstance(config, SamplerConfig):
+            raise AsymmetryError(f"config must be a SamplerConfig, got {type(config).__name__}")
+        if not prompts:
+            raise AsymmetryError("no prompts given: pass at least one prompt")
+        names = [b.name for b in branches]
+        if len(set(names)) != len(names) or "negative" in names:
+            raise AsymmetryError(f"branch names must be unique and not 'negative' (reserved for CFG), got {names}")
+        if combiner is not None:
+            missing = [n for n in combiner.branch_names if n not in names]
+            if missing:
+                raise AsymmetryError(f"the combiner reads branch {missing[0]!r}, which was not passed in branches=")
+        negative = negative_prompt if negative_prompt is not None else config.negative_prompt
+        cfg_active = self._cfg_active(config, negative)
+        stops = list(config.stop) + list(stop or [])
+        forward_kwargs = dict(forward_kwargs or {})
+        seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
+        rng = torch.Generator(device=self.device).manual_seed(seed)
+
+        # Rows: per request [primary, *branches, negative?]
+        rows: list[list[int]] = []
+        rows_kw: list[dict[str, Any]] = []
+        requests: list[_Request] = []
+        for i, prompt in enumerate(prompts):
+            ids = self.encode(prompt, "prompt" if len(prompts) == 1 else f"prompt {i}")
+            row0 = len(rows)
+            rows.append(ids)
+            rows_kw.append(dict(row_kwargs or {}))
+            branch_rows: dict[str, int] = {}
+            for b in branches:
+                branch_rows[b.name] = len(rows)
+                rows.append(self.encode(b.prompt, f"branch {b.name!r} prompt"))
+                rows_kw.append(dict(b.row_kwargs))
+            ctx = ChainContext(vocab_size=self.vocab_size, cfg_active=cfg_active,
+                               grammar_stage=self._grammar_stage(config))
+            chain = build_chain(config, ctx)
+            if cfg_active:
+                branch_rows["negative"] = len(rows)
+                rows.append(self.encode(negative, "negative prompt") if negative is not None else ids[-1:])
+                rows_kw.append(dict(row_kwargs or {}))
+            if combiner is not None:
+                chain.insert(0, combiner if len(prompts) == 1 else _copy_combiner(combiner))
+            combiners = [(s, [branch_rows[n] for n in s.branch_names]) for s in chain if isinstance(s, BranchCombiner)]
+            for stage in chain:
+                if hasattr(stage, "reset"):
+                    stage.reset()
+            buffer = torch.zeros(1, len(ids) + config.max_tokens, dtype=torch.long)
+            buffer[0, : len(ids)] = torch.tensor(ids)
+            requests.append(_Request(ids, chain, row0, len(rows) - row0, combiners, stops, buffer))
+
+        row_keys = sorted({k for kw in rows_kw for k in kw})
+        for key in row_keys:
+            if key in forward_kwargs:
+                raise AsymmetryError(f"{key!r} is given both in forward_kwargs and as a per-row kwarg: pass it once")
+            if any(key not in kw for kw in rows_kw):
+                raise AsymmetryError(f"per-row kwarg {key!r} is missing on some rows: give it for the primary row "
+                                     "(row_kwargs=) and for every branch")
+            forward_kwargs[key] = [kw[key] for kw in rows_kw]
+
+        n_rows = len(rows)
+        device = self.device
+        single = n_rows == 1
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            if single:
+                input_ids = torch.tensor([rows[0]], device=device)  # (1, T)
+                mask = pos = None
+                logits = self._forward(input_ids, None, None, None, forward_kwargs)
+            else:
+                width = max(len(r) for r in rows)
+                input_ids = torch.full((n_rows, width), self.pad_id, dtype=torch.long)  # (N, L)
+                mask = torch.zeros((n_rows, width), dtype=torch.long)  # (N, L)
+                for i, r in enumerate(rows):
+                    input_ids[i, width - len(r):] = torch.tensor(r)
+                    mask[i, width - len(r):] = 1
+                input_ids, mask = input_ids.to(device), mask.to(device)
+                pos = (mask.cumsum(-1) - 1).clamp_(min=0)  # (N, L)
+                logits = self._forward(input_ids, mask, pos, None, forward_kwargs)
+                pos = pos[:, -1:]  # (N, 1)
+            cache = logits[1]
+            logits = logits[0]  # (N, V)
+            forwards = 1
+            t_prefill = time.perf_counter() - t0
+            step_ids = torch.full((n_rows, 1), self.pad_id, dtype=torch.long)  # (N, 1)
+
+            while True:
+                active = [r for r in requests if r.finish_reason is None]
+                for req in active:
+                    token, surprise = self._select(req, logits, config, rng)
+                    for stage in req.chain:
+                        if hasattr(stage, "accept"):
+                            stage.accept(token)
+                    delta = self._advance(req, token, surprise, config)
+                    step_ids[req.row0: req.row0 + req.n_rows, 0] = token
+                    if delta:
+                        yield requests.index(req), delta
+                if all(r.finish_reason is not None for r in requests):
+                    break
+                ids_in = step_ids.to(device)  # (N, 1)
+                if not single:
+                    mask = torch.cat([mask, mask.new_ones(n_rows, 1)], dim=1)  # (N, T)
+                    pos = pos + 1  # (N, 1)
+                out = self._forward(ids_in, mask, pos, cache, forward_kwargs)
+                logits, cache = out
+                forwards += 1
+        elapsed = time.perf_counter() - t0
+        results = []
+        for req in requests:
+            stats = self._stats(req, config, seed, n_rows, forwards, t_prefill, elapsed)
+            results.append(Generation(req.text, list(req.tokens), stats))
+        return results
+
+    def _forward(self, input_ids, mask, pos, cache, forward_kwargs):
+        kwargs = dict(forward_kwargs)
+        kwargs["use_cache"] = True
+        if cache is not None:
+            kwargs[self._cache_kw] = cache
+        if mask is not None:
+            kwargs["attention_mask"] = mask
+            kwargs["position_ids"] = pos
+        if self._keep_kw:
+            kwargs[self._keep_kw] = 1
+        out = self.model(input_ids=input_ids, **kwargs)
+        new_cache = getattr(out, "cache", None) if self._cache_kw == "cache" else out.past_key_values
+        return out.logits[:, -1, :].float(), new_cache  # (N, V)
+
+    def _select(self, req: _Request, logits: torch.Tensor, config: SamplerConfig, rng) -> tuple[int, float | None]:
+        scores = logits[req.row0: req.row0 + 1]  # (1, V)
+        if req.chain:
+            input_ids = req.buffer[:, : req.length]  # (1, T)
+            for combiner, idx in req.combiners:
+                combiner.set_branch_scores(logits[idx])  # (R, V)
+            for stage in req.chain:
+                scores = stage(input_ids, scores)
+        if config.is_greedy:
+            return int(scores.argmax(-1)), None
+        probs = torch.softmax(scores, dim=-1)  # (1, V)
+        if not bool(torch.isfinite(scores).any()):
+            names = [getattr(s, "name", type(s).__name__) for s in req.chain]
+            raise AsymmetryError(f"every token was filtered out at step {len(req.tokens)} by the stages {names}: "
+                                 "loosen the filters or move the grammar stage before top-k/top-p/min-p/mirostat")
+        token = int(torch.multinomial(probs, 1, generator=rng))
+        return token, -math.log(max(float(probs[0, token]), 1e-45)) / LOG2
+
+    def _advance(self, req: _Request, token: int, surprise: float | None, config: SamplerConfig) -> str:
+        """Record ``token``; decide whether the request is finished; return the text that is now final."""
+        if token in self.eos_ids:
+            req.finish_reason = "eos"
+        else:
+            req.buffer[0, req.length] = token
+            req.tokens.append(token)
+            if surprise is not None:
+                req.surprises.append(surprise)
+            req.text = self.tokenizer.decode(req.tokens, skip_special_tokens=True)
+            if req.stop:
+                start = max(0, req.emitted - max(len(s) for s in req.stop))
+                hits = [i for s in req.stop if (i := req.text.find(s, start)) >= 0]
+                if hits:
+                    req.text = req.text[: min(hits)]
+                    req.finish_reason = "stop"
+            grammar = next((s for s in req.chain if getattr(s, "name", "") == "grammar"), None)
+            if req.finish_reason is None and grammar is not None and grammar.terminated:
+                req.finish_reason = "grammar"
+            if req.finish_reason is None and len(req.tokens) >= config.max_tokens:
+                req.finish_reason = "length"
+        final = len(req.text)
+        if req.finish_reason is None:
+            while final > req.emitted and req.text[final - 1] == "\ufffd":  # an incomplete UTF-8 sequence
+                final -= 1
+            for s in req.stop:  # hold back a possible beginning of a stop string
+                for n in range(min(len(s) - 1, final - req.emitted), 0, -1):
+                    if req.text[final - n: final] == s[:n]:
+                        final -= n
+                        break
+        delta = req.text[req.emitted: final]
+        req.emitted = max(req.emitted, final)
+        return delta
+
+    def _stats(self, req: _Request, config, seed, n_rows, forwards, t_prefill, elapsed) -> dict[str, Any]:
+        mirostat = next((s for s in req.chain if isinstance(s, Mirostat)), None)
+        surprises = mirostat.surprises if mirostat is not None else req.surprises
+        grammar = next((s for s in req.chain if getattr(s, "name", "") == "grammar"), None)
+        decode_s = max(elapsed - t_prefill, 1e-9)
+        return {
+            "prompt_tokens": len(req.prompt_ids),
+            "completion_tokens": len(req.tokens),
+            "finish_reason": req.finish_reason,
+            "seed": seed,
+            "rows": n_rows,
+            "forwards": forwards,
+            "stages": [getattr(s, "name", type(s).__name__) for s in req.chain],
+            "surprise_bits": surprises,
+            "mean_surprise_bits": (sum(surprises) / len(surprises)) if surprises else None,
+            "final_mu": mirostat.mu if mirostat is not None else None,
+            "grammar_completed": grammar.completed if grammar is not None else None,
+            "prefill_s": t_prefill,
+            "elapsed_s": elapsed,
+            "tokens_per_s": (forwards - 1) / decode_s if forwards > 1 else None,
+        }
+
+
+def _copy_combiner(combiner: BranchCombiner) -> BranchCombiner:
+    import copy
+
+    return copy.copy(combiner)
+
+
+def make_generator(model=None, tokenizer=None, spec: str | None = None) -> Generator:
+    """A Generator over ``model``/``tokenizer``, or over the base ``spec`` (default: the embedded SmolLM2)."""
+    if model is None:
+        from asymmetry.experts.base import load_base
+
+        base = load_base(spec)
+        model, tokenizer = base.model, base.tokenizer
+    return Generator(model, tokenizer)
+
