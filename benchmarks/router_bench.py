@@ -16,6 +16,7 @@ Embeddings of the training/held-out questions come from the cache that ``asymmet
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     results["router"] = {"path": args.router, "ece": report.metrics["ece"], "fallback_rate": report.metrics["fallback_rate"],
                          "accuracy_routed": report.metrics["accuracy_routed"], "confusion": report.confusion.tolist(),
                          "labels": report.labels}
+    uncalibrated = evaluate(dataclasses.replace(router, temperature=1.0), x["heldout"], y["heldout"]).metrics
+    results["router"].update(ece_temperature_1=uncalibrated["ece"], nll=report.metrics["nll"],
+                             nll_temperature_1=uncalibrated["nll"], temperature=router.temperature)
     results["accuracy"]["router"] = report.metrics["accuracy"]
     results["macro_f1"]["router"] = report.metrics["macro_f1"]
     for head in ("logistic", "mlp"):
@@ -97,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<24}{acc[name]:>10.4f}{results['macro_f1'][name]:>10.4f}")
     print(f"router / keyword accuracy:          {acc['router'] / acc['keyword']:.3f}x")
     print(f"router / nearest-centroid accuracy: {acc['router'] / acc['nearest_centroid']:.3f}x")
+    rr = results["router"]
+    print(f"router calibration: temperature {rr['temperature']:.3f}; ECE {rr['ece']:.4f} (T=1: {rr['ece_temperature_1']:.4f}),"
+          f" NLL {rr['nll']:.4f} (T=1: {rr['nll_temperature_1']:.4f})")
     print(f"router ECE {results['router']['ece']:.4f}, fallback rate {results['router']['fallback_rate']:.3f}, "
           f"accuracy of routed {results['router']['accuracy_routed']:.4f}")
     t = results["time_ms"]

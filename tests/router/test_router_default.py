@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -47,7 +48,7 @@ def test_default_location_prefers_a_retrained_router(monkeypatch, tmp_path, defa
 
     monkeypatch.setenv("ASYMMETRY_HOME", str(tmp_path))
     assert default_router_path() == DEFAULT_ROUTER_FILE
-    retrained = Router(**{**default_router.__dict__, "threshold": 0.77, "manifest": dict(default_router.manifest)})
+    retrained = dataclasses.replace(default_router, threshold=0.77, manifest=dict(default_router.manifest))
     retrained.save()
     assert home_router_path() == tmp_path / "router" / "router.json" == default_router_path()
     assert Router.load().threshold == pytest.approx(0.77)

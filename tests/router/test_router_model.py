@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -28,7 +29,7 @@ def test_route_outputs_calibrated_probabilities_and_top2(small_router, small_vec
 def test_threshold_sends_unsure_questions_to_the_fallback(small_router, small_vectors):
     x = small_vectors["heldout"]
     for threshold, expect_fallback in ((1.0, True), (0.0, False)):
-        r = Router(**{**small_router.__dict__, "threshold": threshold})
+        r = dataclasses.replace(small_router, threshold=threshold)
         routes = r.route_batch(x)
         assert all(route.fallback is expect_fallback for route in routes)
         assert all((route.expert == "general") is expect_fallback for route in routes)
@@ -95,3 +96,30 @@ def test_route_text_embeds_with_the_router_model(small_router, small_examples, s
     assert r.label == expected.label and r.confidence == pytest.approx(expected.confidence, abs=1e-4)
     with pytest.raises(AsymmetryError, match="non-empty"):
         small_router.route_text("  ")
+
+
+def test_adding_an_expert_is_one_retrain_and_checked_against_the_registry(small_examples, tmp_path, default_experts):
+    """TriviaQA questions move from `scholar` to a new `trivia` expert through a mapping edit plus user JSONL."""
+    from asymmetry.router import RouterConfig
+    from asymmetry.router.pipeline import train_router
+
+    mapping = tmp_path / "mapping.toml"
+    mapping.write_text('[experts]\nscience = ["arc_easy", "sciq"]\ncommonsense = ["social_iqa", "piqa"]\n'
+                       'scholar = ["mmlu", "nq_open"]\n')
+    data = tmp_path / "router_trivia_questions.jsonl"
+    data.write_text("".join(
+        json.dumps({"question": e.text, "expert": "trivia", "split": part}) + "\n"
+        for part in ("train", "calibration", "heldout") for e in small_examples[part] if e.source == "trivia_qa"
+    ))
+    cfg = RouterConfig(mapping=str(mapping), max_train_per_source=20, max_calibration_per_source=10,
+                       max_heldout_per_source=10)
+    with pytest.raises(AsymmetryError, match=r"\['trivia'\] are not experts"):
+        train_router(cfg, data_files=[str(data)], expert_names=default_experts, save=False)
+    router, report = train_router(cfg, data_files=[str(data)], expert_names=[*default_experts, "trivia"],
+                                  out=tmp_path / "r.json", progress=False)
+    assert router.labels == ["commonsense", "scholar", "science", "trivia"]
+    assert report.confusion.shape == (4, 4) and report.metrics["recall_trivia"] > 0
+    assert router.manifest["data"]["counts"]["train"]["file:router_trivia_questions.jsonl"] == 20
+    with pytest.raises(AsymmetryError, match=r"missing: \['trivia'\]"):
+        Router.load(tmp_path / "r.json", expert_names=default_experts)
+    assert Router.load(tmp_path / "r.json", expert_names=[*default_experts, "trivia"]).labels == router.labels
