@@ -84,7 +84,10 @@ class ModelSource:
         return self.registry.model_for(name)
 
 
-def _render(cfg: EvalConfig, tokenizer: Any, question: str, context: str, system: str | None) -> str:
+def _render(cfg: EvalConfig, tokenizer: Any, question: str, context: str, system: str | None, spec: Any = None
+            ) -> str:
+    if cfg.prompt_style == "chat" and spec is not None and hasattr(spec, "render"):
+        return spec.render(tokenizer, spec.messages(question, context or None))  # the expert's training format
     if cfg.prompt_style == "chat":
         sys_text = "\n\n".join(t for t in (system or "", context) if t)
         messages = ([{"role": "system", "content": sys_text}] if sys_text else []) + [
@@ -184,10 +187,11 @@ def _prepare(rows: list[MCRow], cfg: EvalConfig, config: Any, models: ModelSourc
             passages = retriever.search(query, k=cfg.k, mode=mode, query_embedding=q_emb)
             _, tokenizer = models.model_for(names[i])
             context, used = pack_passages(passages, tokenizer, cfg.context_tokens)
-            sources = [p.title for p in passages[:used]]
+            used = passages[:used] if isinstance(used, int) else used  # the passages that fit
+            sources = [p.title for p in used]
             t_ret += time.perf_counter() - t1
         _, tokenizer = models.model_for(names[i]) if cfg.prompt_style == "chat" else (None, None)
-        prefix = _render(cfg, tokenizer, row.prompt, context, system)
+        prefix = _render(cfg, tokenizer, row.prompt, context, system, spec)
         uncond = _render(cfg, tokenizer, "", "", None) if cfg.prompt_style == "chat" else cfg.unconditional_prefix
         options = [_option_text(cfg, o) for o in row.options.values()]
         prepared.append(Prepared(row, names[i], prefix, uncond, options, confidences[i], sources))
@@ -292,6 +296,7 @@ def run_mc(
                 ranked = [letters[j] for j in order]
                 rec = {"id": p.row.id, "ranked": ranked, "answer": p.row.answer, "expert": p.expert,
                        "confidence": p.confidence, "source": p.row.source or path.stem, "scores": res.scores,
+                       "loglik": res.loglik, "n_tokens": res.n_tokens, "loglik_plain": res.plain_loglik,
                        "sources": p.sources}
                 fh.write(json.dumps(rec) + "\n")
                 done[p.row.id] = rec

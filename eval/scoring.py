@@ -11,7 +11,7 @@ option)[len(prefix_ids):]``, so the scores match its ``loglikelihood`` requests 
 Length normalisation (lm-eval's ``acc`` / ``acc_norm``):
   ``none``   sum of the option's token log-probabilities
   ``token``  that sum divided by the number of option tokens
-  ``char``   that sum divided by the number of characters of the option string
+  ``char``   that sum divided by the number of characters of the option text (without the delimiter space)
 
 Classifier-free guidance for scoring: with a guidance scale ``s`` and an unconditional prefix (by default
 ``"Answer:"``, i.e. the prompt without context and question), each option token is scored under the guided
@@ -45,6 +45,7 @@ class OptionScores:
     n_tokens: list[int]
     n_chars: list[int]
     scores: list[float]
+    plain_loglik: list[float] | None = None  # with CFG: the unguided log-likelihoods from the same pass
 
 
 def _check_normalize(normalize: str) -> None:
@@ -186,7 +187,9 @@ def score_batch(
         return []
     with torch.inference_mode():
         logits, targets, lengths, owner = _option_logits(model, tokenizer, prefixes, options)
+        plain = None
         if cfg_scale != 1.0:
+            plain = _token_logprobs(logits, targets, lengths).tolist()
             uncond = [unconditional_prefix] * len(prefixes) if isinstance(unconditional_prefix, str) else list(
                 unconditional_prefix
             )
@@ -209,8 +212,9 @@ def score_batch(
         assert owner_l[row : row + k] == [q] * k
         ll = total[row : row + k]
         nt = n_tok[row : row + k]
-        nc = [len(o) for o in opts]
-        results.append(OptionScores(ll, nt, nc, _normalise(ll, nt, nc, normalize)))
+        nc = [len(o.strip()) for o in opts]
+        results.append(OptionScores(ll, nt, nc, _normalise(ll, nt, nc, normalize),
+                                    plain[row : row + k] if plain is not None else None))
         row += k
     return results
 
@@ -249,4 +253,4 @@ def score_options_naive(
             picked = logp.gather(-1, tgt[:, None]).squeeze(-1)[len(p_ids) - 1 :]  # O
             loglik.append(float(picked.sum()))
             n_tok.append(len(o_ids))
-    return _normalise(loglik, n_tok, [len(o) for o in options], normalize)
+    return _normalise(loglik, n_tok, [len(o.strip()) for o in options], normalize)

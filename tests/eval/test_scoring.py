@@ -1,0 +1,71 @@
+"""Shared-prefix batched option scoring on the real default model, checked against full forward passes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from asymmetry.eval.scoring import encode_pair, score_batch, score_options, score_options_naive
+
+from asymmetry.datasets import load_mc
+from asymmetry.errors import AsymmetryError
+
+
+@pytest.fixture(scope="module")
+def questions():
+    # ARC-Easy validation questions with 4 and 3 options and prompts of different lengths (left padding is used)
+    qs = load_mc("arc_easy", "validation")
+    picked = [qs[0], qs[1]] + [q for q in qs if len(q.options) != 4][:1]
+    assert len({len(q.options) for q in picked}) > 1
+    return [(f"Question: {q.question}\nAnswer:", [" " + o for o in q.options]) for q in picked]
+
+
+def test_batched_matches_one_forward_per_option(smollm, questions):
+    model, tok = smollm.model, smollm.tokenizer
+    batched = score_batch(model, tok, [p for p, _ in questions], [o for _, o in questions])
+    for (prefix, opts), res in zip(questions, batched):
+        reference = score_options_naive(model, tok, prefix, opts)
+        torch.testing.assert_close(torch.tensor(res.loglik), torch.tensor(reference), atol=2e-3, rtol=1e-4)
+        assert res.n_tokens == [len(encode_pair(tok, prefix, o)[1]) for o in opts]
+        assert all(ll < 0 for ll in res.loglik)
+
+
+def test_normalisations(smollm, questions):
+    model, tok = smollm.model, smollm.tokenizer
+    prefix, opts = questions[0]
+    res = score_batch(model, tok, [prefix], [opts])[0]
+    per_token = score_options(model, tok, prefix, opts, normalize="token")
+    per_char = score_options(model, tok, prefix, opts, normalize="char")
+    torch.testing.assert_close(torch.tensor(per_token), torch.tensor([a / n for a, n in zip(res.loglik, res.n_tokens)]))
+    torch.testing.assert_close(torch.tensor(per_char), torch.tensor([a / len(o.strip()) for a, o in zip(res.loglik, opts)]))
+    with pytest.raises(AsymmetryError, match="invalid normalize='bytes'"):
+        score_options(model, tok, prefix, opts, normalize="bytes")
+
+
+def test_cfg_scores_match_guided_distribution(smollm, questions):
+    """CFG option score = sum over option tokens of log_softmax(u + s (c - u)), from two full forward passes."""
+    model, tok = smollm.model, smollm.tokenizer
+    prefix, opts = questions[1]
+    scale, uncond = 1.5, "Answer:"
+    got = score_options(model, tok, prefix, opts, cfg_scale=scale, unconditional_prefix=uncond)
+    expected = []
+    with torch.inference_mode():
+        for opt in opts:
+            c_pre, c_opt = encode_pair(tok, prefix, opt)
+            u_pre, u_opt = encode_pair(tok, uncond, opt)
+            assert c_opt == u_opt
+            c = model(input_ids=torch.tensor([c_pre + c_opt])).logits[0, len(c_pre) - 1 : -1]  # O V
+            u = model(input_ids=torch.tensor([u_pre + u_opt])).logits[0, len(u_pre) - 1 : -1]  # O V
+            logp = torch.log_softmax(u + scale * (c - u), dim=-1)  # O V
+            expected.append(float(logp.gather(-1, torch.tensor(c_opt)[:, None]).sum()))
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), atol=2e-3, rtol=1e-4)
+    plain = score_options(model, tok, prefix, opts)
+    assert got != pytest.approx(plain)
+    assert score_options(model, tok, prefix, opts, cfg_scale=1.0) == pytest.approx(plain)
+
+
+def test_bad_arguments(smollm):
+    model, tok = smollm.model, smollm.tokenizer
+    with pytest.raises(AsymmetryError, match="has no options"):
+        score_batch(model, tok, ["Question: x\nAnswer:"], [[]])
+    with pytest.raises(AsymmetryError, match="2 prefixes but 1 option lists"):
+        score_batch(model, tok, ["a", "b"], [[" x"]])
