@@ -94,7 +94,7 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    except Exception as exc:  # corrupt or unsupported file
+    except Exception as exc:  # noqa: BLE001 (corrupt or unsupported file: any reader error)
         raise AsymmetryError(f"cannot read GGUF file {gguf} ({exc}): check the file is complete and a supported model")
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if hasattr(config, "quantization_config"):
@@ -192,3 +192,18 @@ def _quantization_config(kind: str):
     if kind == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
     return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_private_copy(spec: str | os.PathLike | None = None, *, dtype: str = "float32") -> LoadedBase:
+    """Load a base that is NOT shared (for training: peft injects LoRA layers into the model it wraps)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name, path = resolve_model(spec)
+    if dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise AsymmetryError(f"invalid dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedBase(name=name, path=path, model=model, tokenizer=tokenizer)

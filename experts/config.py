@@ -1,10 +1,167 @@
-"""[experts] section of the config."""
+"""[experts] section of the config: base placement and the list of experts.
+
+Example ``asymmetry.toml``::
+
+    [experts]
+    default = "general"
+    dtype = "float32"
+
+    [[experts.experts]]
+    name = "law"
+    description = "Legal questions"
+    base = "/models/llama-3-70b-instruct"
+    adapter = "/adapters/law"
+    system_prompt = "You are a careful legal assistant."
+    retrieval = true
+    k = 4
+    sampler = { temperature = 0.3 }
+    negative_prompt = "Answer vaguely and without sources."
+
+When ``experts`` is absent the built-in experts (science, commonsense, general, scholar) are used. A relative
+``adapter`` path is resolved against the folder of shipped adapters (``experts/adapters``) first, then the current
+folder.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from asymmetry.errors import ConfigError
+
+PACKAGE_ADAPTERS = "builtin:"  # prefix: an adapter shipped in experts/adapters/
+
+
+def adapters_package_dir() -> Path:
+    """Where the default experts' adapters are committed: ``experts/adapters`` in the source tree."""
+    return Path(__file__).resolve().parent / "adapters"
+
+
+@dataclass
+class ExpertSpec:
+    """One expert: a base model, an optional LoRA adapter, and how it is prompted and sampled."""
+
+    name: str
+    description: str = ""
+    base: str = "smollm2"
+    adapter: str | None = None
+    system_prompt: str | None = None
+    prompt_template: str | None = None  # a Jinja chat template; None: the model's own chat template
+    retrieval: bool = True
+    k: int = 4
+    sampler: dict[str, Any] = field(default_factory=dict)
+    negative_prompt: str | None = None
+
+    def __post_init__(self):
+        where = f"experts.experts[{self.name!r}]"
+        if not isinstance(self.name, str) or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError("experts.experts.name", self.name, "use letters, digits, '-' or '_' (e.g. 'science')")
+        if self.name == "__base__":
+            raise ConfigError("experts.experts.name", self.name, "'__base__' is reserved by peft; choose another")
+        if not isinstance(self.base, str) or not self.base:
+            raise ConfigError(f"{where}.base", self.base, "name a base: smollm2, qwen2.5-coder-0.5b, a folder or .gguf")
+        if self.adapter is not None and (not isinstance(self.adapter, str) or not self.adapter):
+            raise ConfigError(f"{where}.adapter", self.adapter, "give an adapter folder path, or omit it for none")
+        if not isinstance(self.k, int) or self.k < 0:
+            raise ConfigError(f"{where}.k", self.k, "use a number of passages >= 0")
+        if not isinstance(self.retrieval, bool):
+            raise ConfigError(f"{where}.retrieval", self.retrieval, "use true or false")
+        if not isinstance(self.sampler, dict):
+            raise ConfigError(f"{where}.sampler", self.sampler, "use a table of sampler settings, e.g. {temperature=0.7}")
+        if self.prompt_template is not None and "{{" not in self.prompt_template and "{%" not in self.prompt_template:
+            raise ConfigError(f"{where}.prompt_template", self.prompt_template, "give a Jinja chat template, or omit it")
+
+
+NEGATIVE_RUBRIC = "Answer carelessly: guess, ignore the question's details and the provided passages."
+
+BUILTIN_EXPERTS: list[ExpertSpec] = [
+    ExpertSpec(
+        name="science",
+        description="Grade-school to college science (ARC, OpenBookQA, SciQ)",
+        base="smollm2",
+        adapter=PACKAGE_ADAPTERS + "science",
+        system_prompt="You are a science tutor. Answer the question correctly and concisely.",
+        sampler={"temperature": 0.3},
+        negative_prompt=NEGATIVE_RUBRIC,
+    ),
+    ExpertSpec(
+        name="commonsense",
+        description="Everyday situations, social reasoning, what happens next (CommonsenseQA, SocialIQA, HellaSwag)",
+        base="smollm2",
+        adapter=PACKAGE_ADAPTERS + "commonsense",
+        system_prompt="You answer everyday questions with common sense, concisely.",
+        sampler={"temperature": 0.3},
+        negative_prompt=NEGATIVE_RUBRIC,
+    ),
+    ExpertSpec(
+        name="general",
+        description="The bare SmolLM2 base; the router's low-confidence fallback",
+        base="smollm2",
+        adapter=None,
+        system_prompt="You are a helpful assistant. Use the provided passages when they are relevant.",
+        sampler={"temperature": 0.7},
+        negative_prompt=NEGATIVE_RUBRIC,
+    ),
+    ExpertSpec(
+        name="scholar",
+        description="Academic and factual questions (MMLU-style) on the larger Qwen2.5-Coder-0.5B base",
+        base="qwen2.5-coder-0.5b",
+        adapter=PACKAGE_ADAPTERS + "scholar",
+        system_prompt="You are a knowledgeable scholar. Answer the question accurately.",
+        sampler={"temperature": 0.3},
+        negative_prompt=NEGATIVE_RUBRIC,
+    ),
+]
 
 
 @dataclass
 class ExpertsConfig:
     default: str = "general"
+    dtype: str = "float32"
+    device_map: Any = None  # None, "auto", or {module: device}
+    max_memory: dict[str, str] | None = None  # e.g. {"0": "20GiB", "cpu": "60GiB"}
+    offload_folder: str | None = None
+    quantization: str | None = None  # "4bit" | "8bit" (CUDA + bitsandbytes)
+    adapters_dir: str | None = None  # where `asymmetry expert train` writes adapters (default: <home>/adapters)
+    experts: list[Any] | None = None  # None: the built-in experts
+
+    def __post_init__(self):
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError("experts.dtype", self.dtype, "use auto, float32, bfloat16 or float16")
+        if self.quantization not in (None, "4bit", "8bit"):
+            raise ConfigError("experts.quantization", self.quantization, "use 4bit or 8bit, or omit it")
+        if self.device_map is not None and not isinstance(self.device_map, (str, dict)):
+            raise ConfigError("experts.device_map", self.device_map, "use 'auto' or a table {module = device}")
+        if self.max_memory is not None and not isinstance(self.max_memory, dict):
+            raise ConfigError("experts.max_memory", self.max_memory, "use a table like {0 = '20GiB', cpu = '60GiB'}")
+        if self.experts is not None:
+            if not isinstance(self.experts, list):
+                raise ConfigError("experts.experts", self.experts, "use a list of [[experts.experts]] tables")
+            specs, seen = [], set()
+            for i, item in enumerate(self.experts):
+                if isinstance(item, dict):
+                    unknown = sorted(set(item) - set(ExpertSpec.__dataclass_fields__))
+                    if unknown:
+                        raise ConfigError(
+                            f"experts.experts[{i}].{unknown[0]}", item[unknown[0]],
+                            f"unknown key; valid keys: {', '.join(ExpertSpec.__dataclass_fields__)}",
+                        )
+                    if "name" not in item:
+                        raise ConfigError(f"experts.experts[{i}].name", None, "every expert needs a name")
+                    item = ExpertSpec(**item)
+                elif not isinstance(item, ExpertSpec):
+                    raise ConfigError(f"experts.experts[{i}]", item, "use a table with at least name and base")
+                if item.name in seen:
+                    raise ConfigError(f"experts.experts[{i}].name", item.name, "duplicate expert name; rename one")
+                seen.add(item.name)
+                specs.append(item)
+            self.experts = specs
+        names = [e.name for e in self.specs()]
+        if self.default not in names:
+            raise ConfigError("experts.default", self.default, f"name one of the experts: {', '.join(names)}")
+
+    def specs(self) -> list[ExpertSpec]:
+        return list(self.experts) if self.experts is not None else [
+            ExpertSpec(**{k: getattr(e, k) for k in ExpertSpec.__dataclass_fields__}) for e in BUILTIN_EXPERTS
+        ]

@@ -1,0 +1,163 @@
+"""``asymmetry expert list|train|train-defaults|compare``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("expert", help="list, train and compare experts (LoRA adapters on shared base models)",
+                       description="Experts are LoRA adapters (or bare bases) with their own prompt and sampler "
+                       "defaults, configured under [experts]; all experts of one base share one model.")
+    esub = p.add_subparsers(dest="expert_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+
+    ls = esub.add_parser("list", help="list the configured experts", description="List the configured experts: "
+                         "name, base, adapter (and whether its files are present), retrieval, sampler defaults.")
+    ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ls.set_defaults(func=cmd_list)
+
+    tr = esub.add_parser(
+        "train", help="train a LoRA adapter for an expert",
+        description="Train a LoRA adapter with peft on JSONL chat/instruction data ({'messages': [...]}, "
+        "{'instruction','input','output'} or {'prompt','completion'} per line) or on a multiple-choice CSV "
+        "(prompt,A,B,C,D[,E],answer). Only the assistant's answer is trained. Checkpoints every N steps; "
+        "--resume continues an interrupted run. The adapter is saved with a card (base, data, steps, losses).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    tr.add_argument("name", help="expert name (its base and system prompt come from the config if it exists there)")
+    tr.add_argument("--data", required=True, type=Path, help=".jsonl chat/instruction file or multiple-choice .csv")
+    tr.add_argument("--base", help="base model (default: the expert's base, else smollm2)")
+    tr.add_argument("--out", type=Path, help="adapter folder (default: [experts] adapters_dir or $ASYMMETRY_HOME"
+                    "/adapters, plus /NAME)")
+    tr.add_argument("--system-prompt", help="system prompt prepended to every example (default: the expert's)")
+    tr.add_argument("--style", choices=("cloze", "lettered"), default="cloze",
+                    help="how a multiple-choice CSV becomes chat: option text as answer, or lettered options")
+    tr.add_argument("--epochs", type=int, default=1)
+    tr.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
+    tr.add_argument("--rank", type=int, default=8, help="LoRA rank")
+    tr.add_argument("--alpha", type=int, default=16, help="LoRA alpha")
+    tr.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout")
+    tr.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (AdamW, linear warm-up and decay)")
+    tr.add_argument("--batch-size", type=int, default=8)
+    tr.add_argument("--max-length", type=int, default=192, help="tokens per example (prompt cut from the left)")
+    tr.add_argument("--target-modules", default="q_proj,k_proj,v_proj,o_proj", help="comma-separated modules")
+    tr.add_argument("--top-layers", type=int, help="put LoRA only on the last N decoder layers (cheaper)")
+    tr.add_argument("--eval-size", type=int, default=64, help="held-out examples for the eval loss")
+    tr.add_argument("--checkpoint-every", type=int, default=50, help="save a resumable checkpoint every N steps")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--resume", action="store_true", help="continue from the checkpoint of an interrupted run")
+    tr.add_argument("--skip-bad-lines", action="store_true",
+                    help="skip malformed lines/rows (reported) instead of stopping")
+    tr.set_defaults(func=cmd_train)
+
+    td = esub.add_parser(
+        "train-defaults", help="reproduce the default experts' adapters from the shipped question sets",
+        description="Train the default experts' adapters (science, commonsense: SmolLM2; scholar: Qwen2.5-Coder-"
+        "0.5B) from ARC/OpenBookQA/SciQ, CommonsenseQA/SocialIQA/HellaSwag and MMLU train/validation data, with "
+        "the fixed settings in experts/data.py DEFAULT_RECIPES. Resumable.",
+    )
+    td.add_argument("names", nargs="*", default=["science", "commonsense", "scholar"], help="experts to train")
+    td.add_argument("--out", type=Path, help="folder for the adapters (default: experts/adapters in the source)")
+    td.add_argument("--resume", action="store_true", help="continue interrupted runs from their checkpoints")
+    td.set_defaults(func=cmd_train_defaults)
+
+    cp = esub.add_parser(
+        "compare", help="score an expert against its bare base on its domain's validation questions",
+        description="Option log-likelihood on validation splits, expert and bare base scored in the same batches "
+        "(peft per-row adapters). Prints accuracy and mean gold-option probability per dataset.",
+    )
+    cp.add_argument("name", help="an expert with an adapter")
+    cp.add_argument("--dataset", action="append", metavar="NAME[:SPLIT]",
+                    help="dataset (split default validation); repeatable; default: the expert's recipe")
+    cp.add_argument("--limit", type=int, default=100, help="questions per dataset (seeded random subset; 0 = all)")
+    cp.add_argument("--style", choices=("cloze", "lettered"), help="default: the expert's training style")
+    cp.add_argument("--json", action="store_true", help="print JSON rows")
+    cp.set_defaults(func=cmd_compare)
+
+
+def _registry(args):
+    from asymmetry.experts.registry import ExpertRegistry
+
+    return ExpertRegistry.from_config(args.cfg.experts)
+
+
+def cmd_list(args) -> int:
+    rows = _registry(args).describe()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="experts")
+    for col in ("name", "base", "adapter", "retrieval", "sampler", "description"):
+        table.add_column(col)
+    for r in rows:
+        adapter = "-" if r["adapter"] is None else f"{Path(r['adapter']).name} ({r['adapter_status']})"
+        name = r["name"] + (" *" if r["default"] else "")
+        table.add_row(name, r["base"], adapter, f"k={r['k']}" if r["retrieval"] else "off",
+                      json.dumps(r["sampler"]), r["description"])
+    Console().print(table)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from asymmetry.experts.data import load_training_file
+    from asymmetry.experts.training import TrainSettings, train_adapter
+
+    from asymmetry import defaults
+
+    registry = _registry(args)
+    known = registry.get(args.name) if args.name in registry else None
+    base = args.base or (known.base if known else "smollm2")
+    system_prompt = args.system_prompt if args.system_prompt is not None else (known.system_prompt if known else None)
+    report = load_training_file(args.data, on_error="skip" if args.skip_bad_lines else "stop", style=args.style)
+    for lineno, why in report.bad_lines:
+        print(f"skipped {args.data}:{lineno}: {why}")
+    settings = TrainSettings(
+        rank=args.rank, alpha=args.alpha, dropout=args.dropout, lr=args.lr, epochs=args.epochs,
+        max_steps=args.max_steps, batch_size=args.batch_size, max_length=args.max_length, eval_size=args.eval_size,
+        checkpoint_every=args.checkpoint_every, seed=args.seed, top_layers=args.top_layers,
+        target_modules=tuple(m.strip() for m in args.target_modules.split(",") if m.strip()),
+    )
+    root = Path(args.cfg.experts.adapters_dir) if args.cfg.experts.adapters_dir else defaults.home() / "adapters"
+    out = args.out or root / args.name
+    result = train_adapter(args.name, report.examples, out, base=base, system_prompt=system_prompt,
+                           settings=settings, data_description=str(args.data), resume=args.resume)
+    print(f"saved adapter {result.adapter_dir} ({result.steps} steps, train loss {result.train_loss:.4f}, "
+          f"eval loss {result.eval_loss_before} -> {result.eval_loss})")
+    if not known or known.adapter is None or Path(known.adapter) != out:
+        print(f"use it: add to the config [[experts.experts]] name = \"{args.name}\", base = \"{base}\", "
+              f"adapter = \"{out}\"")
+    return 0
+
+
+def cmd_train_defaults(args) -> int:
+    from asymmetry.experts.training import train_default
+
+    for name in args.names:
+        r = train_default(name, args.out, resume=args.resume)
+        print(f"{name}: {r.adapter_dir} ({r.steps} steps, {r.seconds:.0f} s, train loss {r.train_loss:.4f}, "
+              f"eval loss {r.eval_loss_before} -> {r.eval_loss})")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from asymmetry.experts.scoring import compare_expert
+
+    datasets = None
+    if args.dataset:
+        datasets = [tuple(d.split(":", 1)) if ":" in d else (d, "validation") for d in args.dataset]
+    rows = compare_expert(_registry(args), args.name, datasets=datasets, limit=args.limit or None, style=args.style)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'dataset':<16} {'split':<16} {'n':>5} {'base acc':>9} {'expert acc':>10} {'base p(gold)':>12} "
+          f"{'expert p(gold)':>14}")
+    for r in rows:
+        print(f"{r['dataset']:<16} {r['split']:<16} {r['n']:>5} {r['base_accuracy']:>9.3f} {r['expert_accuracy']:>10.3f} "
+              f"{r['base_gold_prob']:>12.3f} {r['expert_gold_prob']:>14.3f}")
+    return 0
