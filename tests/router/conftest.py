@@ -13,8 +13,12 @@ SMALL_CAPS = {"train": 20, "calibration": 10, "heldout": 10}
 
 @pytest.fixture(scope="session")
 def default_experts():
-    """The default expert names of the experts package (the router checks its labels against them)."""
-    return ["science", "commonsense", "general", "scholar"]
+    """The default expert names from the real experts registry (the router checks its labels against them)."""
+    from asymmetry.experts import ExpertRegistry
+
+    names = ExpertRegistry.from_config().names()
+    assert {"science", "commonsense", "scholar", "general"} <= set(names)
+    return names
 
 
 @pytest.fixture(scope="session")

@@ -83,3 +83,39 @@ def test_jsonl_reader_splits_and_reports_bad_lines(tmp_path):
             read_jsonl(f)
     with pytest.raises(AsymmetryError, match="does not exist"):
         read_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_embedding_cache_reuses_and_repairs_its_files(small_examples, tmp_path):
+    import numpy as np
+    from asymmetry.index.embedding import embed
+    from asymmetry.router.data import EmbeddingCache
+
+    rows = small_examples["heldout"][:3]
+    cache = EmbeddingCache(root=tmp_path)
+    assert cache.model_name == "all-MiniLM-L6-v2"
+    first = cache.vectors(rows, progress=False)  # (3, 384)
+    np.testing.assert_allclose(first, embed([e.text for e in rows]), atol=1e-5)
+    files = list(tmp_path.glob("*.npz"))
+    assert len(files) == 1 and not list(tmp_path.glob(".*tmp"))
+    stamp = files[0].stat().st_mtime_ns
+    np.testing.assert_array_equal(cache.vectors(rows, progress=False), first)
+    assert files[0].stat().st_mtime_ns == stamp  # served from the cache, nothing rewritten
+    files[0].write_bytes(b"not an npz file")
+    np.testing.assert_allclose(cache.vectors(rows, progress=False), first, atol=1e-5)
+    with np.load(files[0]) as z:
+        assert z["vectors"].shape == (3, 384)
+    with pytest.raises(AsymmetryError, match="no questions"):
+        cache.vectors([])
+
+
+def test_question_cache_is_written_once_and_rebuilt_when_corrupt(monkeypatch, tmp_path):
+    from asymmetry.router.data import _split_source, source_parts
+
+    monkeypatch.setenv("ASYMMETRY_HOME", str(tmp_path))
+    parts = source_parts("arc_challenge")
+    cached = tmp_path / "router" / "questions" / "arc_challenge.json"
+    assert cached.is_file() and source_parts("arc_challenge") == parts == _split_source("arc_challenge")
+    assert len(parts["train"]) == 1119 and len(parts["calibration"]) + len(parts["heldout"]) <= 299
+    cached.write_text("{broken")
+    assert source_parts("arc_challenge") == parts
+    assert json.loads(cached.read_text())["key"]["source"] == "arc_challenge"
