@@ -47,6 +47,7 @@ class LoadedBase:
     path: Path
     model: Any
     tokenizer: Any
+    peft_model: Any = None  # set by the expert registry once it put named LoRA adapters on this base
 
     @property
     def device(self):
@@ -154,7 +155,10 @@ def load_base(
     key = (str(path), dtype, repr(device_map), repr(max_memory), quantization)
     with _LOCK:
         if key in _LOADED:
-            return _LOADED[key]
+            loaded = _LOADED[key]
+            if loaded.peft_model is not None:  # the registry injected LoRA layers: hand out the bare base
+                loaded.peft_model.base_model.disable_adapter_layers()
+            return loaded
         if dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise AsymmetryError(f"invalid dtype {dtype!r}: use auto, float32, bfloat16 or float16")
         kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
@@ -165,7 +169,8 @@ def load_base(
         if offload_folder is not None:
             kwargs["offload_folder"] = offload_folder
         if quantization:
-            kwargs["quantization_config"] = _quantization_config(quantization)
+            # layers that device_map puts in CPU RAM stay unquantized there (bitsandbytes runs on the GPU only)
+            kwargs["quantization_config"] = _quantization_config(quantization, cpu_offload=device_map is not None)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         model.eval()
@@ -176,7 +181,7 @@ def load_base(
         return loaded
 
 
-def _quantization_config(kind: str):
+def _quantization_config(kind: str, cpu_offload: bool = False):
     import torch
 
     if kind not in ("4bit", "8bit"):
@@ -190,8 +195,9 @@ def _quantization_config(kind: str):
     from transformers import BitsAndBytesConfig
 
     if kind == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
-    return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+                                  bnb_4bit_use_double_quant=True, llm_int8_enable_fp32_cpu_offload=cpu_offload)
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_enable_fp32_cpu_offload=cpu_offload)
 
 
 def load_private_copy(spec: str | os.PathLike | None = None, *, dtype: str = "float32") -> LoadedBase:

@@ -187,6 +187,7 @@ class ExpertRegistry:
                         f"it was probably trained on another base; retrain it or set the expert's base"
                     ) from exc
                 model.eval()
+                loaded.peft_model = model  # load_base() callers then get the bare base (adapters disabled)
             self._models[base] = model
             return model
 
