@@ -1,38 +1,14 @@
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
 import pytest
-from asymmetry.router import Route, Router
+from asymmetry.router import Router
 from asymmetry.router.metrics import evaluate
 from asymmetry.router.model import fit_temperature
 
 from asymmetry.errors import AsymmetryError
-
-
-def test_route_outputs_calibrated_probabilities_and_top2(small_router, small_vectors):
-    assert small_router.labels == ["commonsense", "scholar", "science"]
-    assert small_router.temperature > 0 and small_router.dim == 384
-    routes = small_router.route_batch(small_vectors["heldout"])
-    for r in routes:
-        assert isinstance(r, Route)
-        assert sum(r.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
-        assert r.confidence == max(r.probabilities.values())
-        assert r.top2[0] == (r.label, r.confidence) and r.top2[0][1] >= r.top2[1][1] and r.top2[1][0] != r.label
-        assert r.expert == (small_router.fallback if r.confidence < small_router.threshold else r.label)
-    one = small_router.route(small_vectors["heldout"][0])
-    assert one.expert == routes[0].expert and one.confidence == pytest.approx(routes[0].confidence, abs=1e-6)
-
-
-def test_threshold_sends_unsure_questions_to_the_fallback(small_router, small_vectors):
-    x = small_vectors["heldout"]
-    for threshold, expect_fallback in ((1.0, True), (0.0, False)):
-        r = dataclasses.replace(small_router, threshold=threshold)
-        routes = r.route_batch(x)
-        assert all(route.fallback is expect_fallback for route in routes)
-        assert all((route.expert == "general") is expect_fallback for route in routes)
 
 
 def test_small_router_learns_the_labels(small_router, small_examples, small_vectors):
