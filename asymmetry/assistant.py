@@ -99,7 +99,6 @@ class Assistant:
         self._lock = threading.RLock()
         self._experts = None
         self._router = None
-        self._router_error: str | None = None
         self._retriever = None
         self._generators: dict[int, Any] = {}
         self.last_answer: Answer | None = None
@@ -129,16 +128,15 @@ class Assistant:
 
     @property
     def router(self):
-        """The trained router, or None when it cannot be loaded (then the fallback expert answers, with a warning)."""
+        """The trained router, checked against the configured experts and embedding model."""
         with self._lock:
-            if self._router is None and self._router_error is None:
+            if self._router is None:
                 from asymmetry.router import Router
 
-                try:
-                    self._router = Router.load(expert_names=self.experts.names())
-                except AsymmetryError as exc:
-                    self._router_error = str(exc)
-                    warnings.warn(f"router unavailable, the fallback expert answers: {exc}", stacklevel=2)
+                rc = self.config.router
+                self._router = Router.load(rc.path, expert_names=self.experts.names(),
+                                           embedding_model=self.config.index.embedding_model,
+                                           threshold=rc.threshold, fallback=rc.fallback)
             return self._router
 
     @property
@@ -170,10 +168,7 @@ class Assistant:
         if expert not in (None, "auto"):
             self.experts.get(expert)  # raises a clear error for an unknown name
             return expert, None, None
-        router = self.router
-        if router is None:
-            return self.config.router.fallback, None, None
-        route = router.route(embedding)
+        route = self.router.route(embedding)
         return route.expert, route.confidence, route
 
     def prepare(
@@ -221,11 +216,10 @@ class Assistant:
         if trimmed:
             warnings.warn(trimmed, stacklevel=3)
 
-        forward_kwargs, branches = None, None
         use_mixture = self.config.assistant.mixture if mixture is None else mixture
-        mixture_info = None
+        mix = None
         if use_mixture and route is not None and expert in (None, "auto"):
-            branches, forward_kwargs, mixture_info = self._mixture_branches(route, spec, prompt_ids)
+            mix = self._mixture_branches(route, spec, prompt_ids)
         return {
             "question": question,
             "expert": name,
@@ -237,28 +231,36 @@ class Assistant:
             "sampler": sampler_cfg,
             "sources": sources,
             "timings": timings,
-            "negative_prompt": spec.negative_prompt if sampler_cfg.cfg_scale != 1.0 else None,
-            "branches": branches,
-            "forward_kwargs": forward_kwargs,
-            "mixture": mixture_info,
+            # CFG's negative: the sampler's own negative prompt, else the expert's negative rubric
+            "negative_prompt": (sampler_cfg.negative_prompt or spec.negative_prompt)
+            if sampler_cfg.cfg_scale != 1.0 else None,
+            "mixture": mix,
         }
 
     def _mixture_branches(self, route, spec, prompt_ids):
-        """When the router's top two are close and share a base: decode with both adapters' logits, blended."""
+        """When the router's top two are close and share a base, decode from both adapters' distributions blended
+        by router probability: the same prompt runs as a second row of the same forward (peft's per-row
+        ``adapter_names``)."""
+        from asymmetry.sampling import Branch
+        from asymmetry.sampling.stages import Mixture
+
         (first, p1), (second, p2) = route.top2
-        if p1 - p2 > self.config.assistant.mixture_margin:
-            return None, None, None
+        if first != spec.name or p1 - p2 > self.config.assistant.mixture_margin:
+            return None
         other = self.experts.get(second)
         if other.base != spec.base:
             log.info("mixture skipped: %s and %s are on different bases", first, second)
-            return None, None, None
-        weights = {first: p1 / (p1 + p2), second: p2 / (p1 + p2)}
-        from asymmetry.sampling import Branch
-
-        adapter = self.experts.adapter_name(second)
-        branch = Branch(prompt_ids=prompt_ids, weight=weights[second], forward_kwargs={"adapter_name": adapter})
-        main = {"adapter_name": self.experts.adapter_name(first), "weight": weights[first]}
-        return [branch], main, {"experts": weights}
+            return None
+        total = p1 + p2
+        names = self.experts.batch_kwargs([first, second]).get("adapter_names")
+        if not names:  # no LoRA on this base: both experts are the same model
+            return None
+        return {
+            "branches": [Branch(name=second, prompt=prompt_ids, row_kwargs={"adapter_names": names[1]})],
+            "row_kwargs": {"adapter_names": names[0]},
+            "combiner": Mixture([p1 / total, p2 / total], [second]),
+            "info": {first: round(p1 / total, 4), second: round(p2 / total, 4)},
+        }
 
     def _build_prompt(self, spec, tokenizer, question, passages, history, sampler_cfg):
         """Chat-template prompt within the context budget; trims passages, then history, then the question."""
@@ -278,14 +280,9 @@ class Assistant:
             notice = f"the question is {len(q_ids)} tokens, longer than the context allows; kept its first {max_q}"
 
         def render(packed: str, hist: list[dict[str, str]]) -> list[int]:
-            system = spec.system_prompt or ""
-            if packed:
-                system = f"{system}\n\n{CITE_INSTRUCTION}\n\n{packed}".strip()
-            messages = ([{"role": "system", "content": system}] if system else []) + hist
-            messages.append({"role": "user", "content": question})
-            enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            ids = enc["input_ids"] if isinstance(enc, dict) or hasattr(enc, "keys") else enc
-            return list(ids)
+            passages = f"{CITE_INSTRUCTION}\n\n{packed}" if packed else None
+            text = spec.render(tokenizer, spec.messages(question, passages, hist))
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
 
         base_len = len(render("", []))
         sources: list[Source] = []
@@ -293,7 +290,7 @@ class Assistant:
         if passages:
             room = min(self.config.retrieval.context_tokens, max(0, budget - base_len))
             packed, used = pack_passages(passages, tokenizer, room)
-            sources = [Source(title=p.title, text=p.text, score=float(p.score), url=p.url) for p in passages[:used]]
+            sources = [Source(title=p.title, text=p.text, score=float(p.score), url=p.url) for p in used]
         hist = list(history)
         ids = render(packed, hist)
         while len(ids) > budget and hist:
@@ -307,11 +304,9 @@ class Assistant:
     def ask(self, question: str, **kwargs) -> Answer:
         """Answer one question. Keyword arguments: ``expert`` (name or "auto"), ``retrieval`` (bool),
         ``sampler`` (dict of sampler fields or a SamplerConfig), ``history``, ``mixture``."""
-        answer = None
         for _ in self._run(question, kwargs):
             pass
-        answer = self.last_answer
-        return answer
+        return self.last_answer
 
     def stream(self, question: str, **kwargs) -> Iterator[str]:
         """Yield the answer's text as it is generated; ``self.last_answer`` holds the full :class:`Answer` after."""
@@ -323,27 +318,24 @@ class Assistant:
             gen = self.generator(prep["model"], prep["tokenizer"])
             t0 = time.perf_counter()
             parts: list[str] = []
-            interrupted = False
+            mix = prep["mixture"] or {}
             stream = gen.stream(
                 prep["prompt_ids"],
                 prep["sampler"],
                 negative_prompt=prep["negative_prompt"],
-                forward_kwargs=prep["forward_kwargs"],
-                branches=prep["branches"],
+                branches=mix.get("branches", ()),
+                combiner=mix.get("combiner"),
+                row_kwargs=mix.get("row_kwargs"),
             )
             try:
                 for delta in stream:
                     parts.append(delta)
                     yield delta
-            except (KeyboardInterrupt, GeneratorExit) as exc:
-                interrupted = True
+            except BaseException:  # Ctrl-C, or the consumer stopped reading (GeneratorExit): keep what was said
                 stream.close()
-                if isinstance(exc, GeneratorExit):
-                    self._finish(prep, parts, None, t0, interrupted)
-                    raise
-                self._finish(prep, parts, None, t0, interrupted)
+                self._finish(prep, parts, None, t0, interrupted=True)
                 raise
-            self._finish(prep, parts, getattr(stream, "result", None) or gen.last_generation, t0, interrupted)
+            self._finish(prep, parts, gen.last, t0, interrupted=False)
 
     def _finish(self, prep, parts, generation, t0, interrupted):
         timings = dict(prep["timings"])
@@ -351,7 +343,7 @@ class Assistant:
         timings["total"] = sum(timings.values())
         stats = dict(generation.stats) if generation is not None else {}
         if prep["mixture"]:
-            stats["mixture"] = prep["mixture"]
+            stats["mixture"] = prep["mixture"]["info"]
         self.last_answer = Answer(
             text=generation.text if generation is not None else "".join(parts),
             expert=prep["expert"],

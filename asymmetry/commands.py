@@ -18,6 +18,10 @@ CHAT_HELP = """commands:
   /quit                 leave (Ctrl-D too); Ctrl-C stops an answer being generated"""
 
 
+# short names accepted by /set, besides the sampler's own field names
+SET_ALIASES = {"cfg": "cfg_scale", "temp": "temperature", "max": "max_tokens", "neg": "negative_prompt"}
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expert", default="auto", metavar="NAME|auto", help="expert to answer (default: auto, routed)")
     p.add_argument("--no-retrieval", action="store_true", help="answer without Wikipedia passages")
@@ -28,10 +32,6 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("asymmetry.sampling.cli") is None:  # TODO(integration): remove once the sampler lands
-        return
     p = sub.add_parser(
         "ask",
         help="answer a question with cited Wikipedia sources",
@@ -135,7 +135,6 @@ def _setup_readline():
 
 def cmd_chat(args) -> int:
     from asymmetry.assistant import Assistant, _sampler_with
-    from asymmetry.sampling.cli import SAMPLER_ALIASES
 
     bot = Assistant.load(args.cfg)
     kwargs = _call_kwargs(args)
@@ -190,7 +189,7 @@ def cmd_chat(args) -> int:
                             key, eq, value = item.partition("=")
                             if not eq:
                                 raise AsymmetryError(f"/set needs key=value pairs, got {item!r}")
-                            changes[SAMPLER_ALIASES.get(key, key)] = _parse_value(value)
+                            changes[SET_ALIASES.get(key, key)] = _parse_value(value)
                         kwargs["sampler"] = _sampler_with(kwargs["sampler"], changes)
                         print("set " + ", ".join(f"{k}={v!r}" for k, v in changes.items()))
                     else:

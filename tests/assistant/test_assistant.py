@@ -1,0 +1,102 @@
+"""The assistant end to end on the embedded defaults: real router, real FAISS index, real SmolLM2 experts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from asymmetry import Assistant
+from asymmetry.errors import AsymmetryError
+
+SHORT = {"max_tokens": 24, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def bot():
+    return Assistant.load()
+
+
+def test_ask_routes_retrieves_and_cites(bot):
+    answer = bot.ask("Who developed the theory of general relativity?", sampler=SHORT)
+    assert answer.text.strip()
+    assert answer.expert in bot.experts.names()
+    assert answer.sources, "retrieval is on by default"
+    titles = " ".join(s.title for s in answer.sources)
+    assert "relativity" in titles.lower() or "einstein" in titles.lower(), titles
+    assert all(s.score is not None and s.text for s in answer.sources)
+    for stage in ("embed", "route", "retrieve", "generate", "total"):
+        assert answer.timings[stage] >= 0
+    shown = repr(answer)
+    assert "[1] " in shown and answer.expert in shown
+
+
+def test_router_choice_depends_on_the_question(bot):
+    science = bot.ask("What gas do plants absorb from the air for photosynthesis?", sampler=SHORT, retrieval=False)
+    social = bot.ask("Alex gave his friend a gift. How would the friend feel?", sampler=SHORT, retrieval=False)
+    assert science.confidence is not None and social.confidence is not None
+    assert science.expert != social.expert
+
+
+def test_explicit_expert_without_retrieval(bot):
+    answer = bot.ask("What is the capital of France?", expert="general", retrieval=False, sampler=SHORT)
+    assert answer.expert == "general" and answer.confidence is None and answer.sources == []
+    assert "paris" in answer.text.lower()
+
+
+def test_stream_yields_the_answer_text(bot):
+    deltas = list(bot.stream("Name a planet of the solar system.", expert="general", retrieval=False, sampler=SHORT))
+    assert len(deltas) > 1
+    assert "".join(deltas) == bot.last_answer.text
+
+
+def test_same_seed_same_answer(bot):
+    kw = {"expert": "general", "retrieval": False, "sampler": {**SHORT, "temperature": 0.9, "seed": 7}}
+    assert bot.ask("Tell me about the Moon.", **kw).text == bot.ask("Tell me about the Moon.", **kw).text
+
+
+def test_chat_keeps_history_and_resets(bot):
+    chat = bot.chat(expert="general", retrieval=False, sampler=SHORT)
+    chat.say("My name is Ada.")
+    chat.say("What is my name?")
+    assert len(chat.history) == 4 and chat.history[2]["content"] == "What is my name?"
+    chat.reset()
+    assert chat.history == []
+
+
+def test_bad_input_gets_clear_errors(bot):
+    with pytest.raises(AsymmetryError, match="question is empty"):
+        bot.ask("   ")
+    with pytest.raises(AsymmetryError, match="unknown expert"):
+        bot.ask("hello", expert="astrology")
+    with pytest.raises(AsymmetryError, match="unknown sampler field 'temp'"):
+        bot.ask("hello", expert="general", sampler={"temp": 2})
+
+
+def test_overlong_question_is_trimmed_with_a_warning(bot):
+    question = "Why is the sky blue? " * 800
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        answer = bot.ask(question, expert="general", retrieval=False, sampler=SHORT)
+    assert answer.text is not None
+    assert any("longer than the context" in str(w.message) for w in caught)
+
+
+def test_cli_ask_json():
+    out = subprocess.run(
+        [sys.executable, "-m", "asymmetry", "ask", "What is photosynthesis?", "--json", "--max-tokens", "16",
+         "--seed", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert set(data) >= {"answer", "expert", "confidence", "sources", "timings"}
+    assert data["sources"] and {"title", "text", "score", "url"} <= set(data["sources"][0])
+
+
+def test_cli_ask_empty_question_exits_2():
+    out = subprocess.run([sys.executable, "-m", "asymmetry", "ask", " "], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "question is empty" in out.stderr
