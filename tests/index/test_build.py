@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import faiss
+import numpy as np
+import pytest
+from asymmetry.index.build import build_index
+from asymmetry.index.chunking import chunk_articles
+from asymmetry.index.corpus import open_corpus
+from asymmetry.index.embedding import embed
+from asymmetry.index.manifest import load_manifest, read_manifest
+from asymmetry.index.store import PassageStore
+
+from asymmetry.cli import main
+from asymmetry.errors import AsymmetryError
+
+
+def test_small_index_manifest_store_and_vectors_agree(small_index, small_corpus):
+    m = load_manifest(small_index)
+    chunks = list(chunk_articles(open_corpus(small_corpus)))
+    assert m.passage_count == len(chunks) > m.article_count == 63
+    assert m.embedding_model == "all-MiniLM-L6-v2" and m.embedding_dim == 384
+    assert m.index_type == "flat" and m.format_version == 1
+    assert m.corpus["reader"] == "jsonl" and len(m.corpus["sha256"]) == 64
+    assert {"index.faiss", "passages.sqlite", "bm25/vocab.index.json"} <= set(m.files)
+    store = PassageStore(small_index / "passages.sqlite")
+    assert len(store) == len(chunks)
+    index = faiss.read_index(str(small_index / "index.faiss"))
+    assert index.ntotal == len(chunks)
+    for pid in (0, 17, len(chunks) - 1):  # FAISS id i <-> store id i <-> i-th chunk, embedded with its title
+        (p,) = store.get([pid])
+        assert (p.title, p.text) == (chunks[pid].title, chunks[pid].text)
+        vec = embed([chunks[pid].indexed_text])[0]
+        np.testing.assert_allclose(index.reconstruct(pid), vec, atol=2e-3)
+
+
+def test_same_build_is_up_to_date_and_a_different_one_needs_rebuild(small_index, small_corpus):
+    before = (small_index / "manifest.json").read_text()
+    m = build_index(str(small_corpus), small_index, index_type="flat", shard_size=32, progress=False)
+    assert (small_index / "manifest.json").read_text() == before and m.index_type == "flat"
+    with pytest.raises(AsymmetryError, match="already holds a complete index.*--rebuild"):
+        build_index(str(small_corpus), small_index, index_type="hnsw", shard_size=32, progress=False)
+    assert (small_index / "manifest.json").read_text() == before  # nothing lost
+    load_manifest(small_index)
+
+
+def _copy_shards(src, dst):
+    dst.mkdir(parents=True)
+    shutil.copytree(src / ".build", dst / ".build")
+
+
+def test_rebuild_as_hnsw_and_ivfpq_reuses_embedded_shards(small_index, small_corpus, tmp_path, caplog):
+    for kind in ("hnsw", "ivfpq"):
+        root = tmp_path / kind
+        _copy_shards(small_index, root)
+        stamps = {p.name: p.stat().st_mtime_ns for p in (root / ".build").glob("shard-*")}
+        with caplog.at_level("WARNING"):
+            m = build_index(str(small_corpus), root, index_type=kind, shard_size=32, progress=False)
+        assert "resumed" in caplog.text
+        assert {p.name: p.stat().st_mtime_ns for p in (root / ".build").glob("shard-*")} == stamps
+        assert m.index_type == kind and m.passage_count == load_manifest(small_index).passage_count
+        index = faiss.read_index(str(root / "index.faiss"))
+        q = faiss.read_index(str(small_index / "index.faiss")).reconstruct(5).reshape(1, -1)
+        _, ids = index.search(q, 3)
+        assert 5 in ids[0]
+
+
+def test_empty_corpus_is_an_error_and_leaves_no_index(tmp_path):
+    corpus = tmp_path / "empty.jsonl"
+    corpus.write_text("\n\n")
+    with pytest.raises(AsymmetryError, match="yielded no passages"):
+        build_index(str(corpus), tmp_path / "idx", progress=False)
+    assert read_manifest(tmp_path / "idx") is None
+
+
+def test_killed_build_resumes_from_last_finished_shard(small_corpus, tmp_path):
+    """Kill a real `asymmetry index build` process mid-way; the rerun continues and the result is complete."""
+    root = tmp_path / "idx"
+    cmd = [sys.executable, "-m", "asymmetry", "index", "build", "--corpus", str(small_corpus), "--index-dir",
+           str(root), "--shard-size", "8", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (root / ".build" / "shard-00001.jsonl").exists():
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "the build never finished a second shard"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert read_manifest(root) is None  # a half-built index is never complete
+    finished = sorted(p.name for p in (root / ".build").glob("shard-*.jsonl"))
+    assert 2 <= len(finished) < 9
+    assert main(["index", "info", "--index-dir", str(root)]) == 1
+    stamps = {p.name: p.stat().st_mtime_ns for p in (root / ".build").glob("shard-*.jsonl")}
+    m = build_index(str(small_corpus), root, shard_size=8, progress=False)
+    for name, stamp in stamps.items():  # finished shards were not embedded again
+        assert (root / ".build" / name).stat().st_mtime_ns == stamp
+    assert m.passage_count == len(list(chunk_articles(open_corpus(small_corpus))))
+    assert load_manifest(root).passage_count == m.passage_count
+
+
+def test_index_info_cli(small_index, capsys):
+    assert main(["index", "info", "--index-dir", str(small_index), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "flat" in out and "all-MiniLM-L6-v2" in out and "checksums verified" in out
+    assert main(["index", "info", "--index-dir", str(small_index), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["passage_count"] == load_manifest(small_index).passage_count
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "c.jsonl").write_text('{"title": "A"}\n')
+    assert main(["index", "build", "--corpus", str(tmp_path / "c.jsonl"), "--index-dir", str(tmp_path / "i")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the (empty) progress bar
+    assert last.startswith("error: ") and "c.jsonl line 1 has no 'text' field" in last
