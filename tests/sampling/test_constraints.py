@@ -1,0 +1,87 @@
+"""Mirostat, grammars and everything stacked, on the real SmolLM2-135M-Instruct."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+import pytest
+from asymmetry.sampling import SamplerConfig
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "city": {"enum": ["Paris", "Tokyo", "Lima"]},
+    },
+    "required": ["name", "age", "city"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("tau", [3.0, 5.0])
+def test_mirostat_v2_mean_surprise_within_one_bit_of_tau(gen, tau):
+    # Temperature 1.5 first makes the raw distribution more surprising than tau; mirostat then has to cut it down.
+    cfg = SamplerConfig(temperature=1.5, mirostat=2, tau=tau, eta=0.1, max_tokens=200, seed=0)
+    out = gen.generate("Once upon a time, in a land far away,", cfg)
+    stats = out.stats
+    assert len(stats["surprise_bits"]) == stats["completion_tokens"] >= 150
+    assert abs(stats["mean_surprise_bits"] - tau) <= 1.0, stats["mean_surprise_bits"]
+    assert stats["final_mu"] != 2 * tau
+
+
+def test_json_schema_output_parses_and_validates_for_20_seeds(gen):
+    prompt = gen.chat_prompt("Describe a person as JSON with name, age and city.")
+    cfg = SamplerConfig(temperature=1.0, max_tokens=40, json_schema=json.dumps(SCHEMA))
+    for seed in range(20):
+        out = gen.generate(prompt, cfg.replace(seed=seed))
+        assert out.stats["grammar_completed"], (seed, out.text)
+        jsonschema.validate(json.loads(out.text), SCHEMA)
+
+
+def test_gbnf_grammar_file(gen, tmp_path):
+    path = tmp_path / "answer.gbnf"
+    path.write_text('root ::= "Answer: " ("yes" | "no") "." " Confidence: " [0-9] "/9"\n')
+    out = gen.generate(gen.chat_prompt("Is the sky blue?"), SamplerConfig(seed=1, grammar_file=str(path)))
+    assert re.fullmatch(r"Answer: (yes|no)\. Confidence: [0-9]/9", out.text), out.text
+    assert out.stats["finish_reason"] == "eos"
+
+
+def test_everything_stacks_and_stays_in_the_grammar(gen):
+    grammar = 'root ::= "[" item (", " item)* "]"\nitem ::= "\\"" [a-z]+ "\\""'
+    cfg = SamplerConfig(temperature=1.2, top_k=40, top_p=0.95, min_p=0.02, repeat_penalty=1.2,
+                        frequency_penalty=0.1, presence_penalty=0.1, cfg_scale=1.5, mirostat=2, tau=4.0,
+                        grammar=grammar, max_tokens=48, seed=3)
+    prompt = gen.chat_prompt("List some animals as a JSON array of lowercase strings.")
+    neg = gen.chat_prompt("List some numbers.")
+    out = gen.generate(prompt, cfg, negative_prompt=neg)
+    stats = out.stats
+    assert stats["stages"] == ["penalties", "cfg", "grammar", "temperature", "top_k", "top_p", "min_p", "mirostat"]
+    assert stats["rows"] == 2 and stats["mean_surprise_bits"] is not None
+    assert re.fullmatch(r'\["[a-z]+"(, "[a-z]+")*\]?', out.text) or re.match(r'\["[a-z]', out.text), out.text
+    if stats["finish_reason"] == "eos":
+        assert isinstance(json.loads(out.text), list)
+
+
+def test_generate_cli_json_output(capsys):
+    from asymmetry.cli import main
+
+    rc = main(["generate", "Count: one, two,", "--max-tokens", "6", "--seed", "4", "--mirostat", "2", "--tau", "4",
+               "--cfg-scale", "1.5", "--negative-prompt", "Letters:", "--repeat-penalty", "1.1", "--json"])
+    assert rc == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data) == {"text", "tokens", "stats"} and len(data["tokens"]) <= 6
+    assert data["stats"]["rows"] == 2 and data["stats"]["final_mu"] is not None
+    assert isinstance(data["stats"]["mean_surprise_bits"], float)
+
+
+def test_generate_cli_bad_grammar_is_one_line_error(tmp_path, capsys):
+    from asymmetry.cli import main
+
+    bad = tmp_path / "bad.gbnf"
+    bad.write_text('root ::= "a" | ("b"')
+    assert main(["generate", "x", "--grammar", str(bad), "--max-tokens", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: grammar file") and "line 1, column" in err and err.count("\n") == 1

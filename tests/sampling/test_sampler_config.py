@@ -1,0 +1,130 @@
+"""SamplerConfig and stage validation, the CLI flag round trip, grammar errors: no generation needed."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+from asymmetry.sampling import SamplerConfig
+from asymmetry.sampling.chain import ChainContext, build_chain
+from asymmetry.sampling.cli import add_sampler_arguments, sampler_config_from_args
+from asymmetry.sampling.stages import CFG, MinP, Mirostat, Penalties, Temperature, TopK, TopP
+
+from asymmetry.config import Config
+from asymmetry.errors import AsymmetryError, ConfigError
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"max_tokens": 0}, "sampler.max_tokens"),
+        ({"temperature": -1.0}, "sampler.temperature"),
+        ({"top_p": 0.0}, "sampler.top_p"),
+        ({"min_p": 1.0}, "sampler.min_p"),
+        ({"mirostat": 3}, "sampler.mirostat"),
+        ({"tau": 0}, "sampler.tau"),
+        ({"repeat_penalty": 0}, "sampler.repeat_penalty"),
+        ({"cfg_rescale": 2.0}, "sampler.cfg_rescale"),
+        ({"stages": ["temperature", "nucleus"]}, "sampler.stages"),
+        ({"stages": ["top_k", "top_k"]}, "sampler.stages"),
+        ({"grammar": "root ::= \"a\"", "json_schema": "{}"}, "sampler.json_schema"),
+    ],
+)
+def test_config_errors_name_field_value_and_fix(changes, field):
+    with pytest.raises(ConfigError) as info:
+        SamplerConfig(**changes)
+    assert info.value.field == field
+    assert ":" in str(info.value) and len(info.value.fix) > 10
+
+
+def test_config_from_toml_dict_and_stage_order_is_data():
+    cfg = Config.from_dict({"sampler": {"temperature": 0.5, "top_k": 10, "mirostat": 2,
+                                        "stages": ["mirostat", "top_k", "temperature"]}})
+    chain = build_chain(cfg.sampler, ChainContext(vocab_size=100))
+    assert [s.name for s in chain] == ["mirostat", "top_k", "temperature"]
+    default_chain = build_chain(SamplerConfig(temperature=1.0), ChainContext(vocab_size=100))
+    assert default_chain == []  # plain sampling at temperature 1 runs no stage at all
+    with pytest.raises(ConfigError, match="sampler.stages"):
+        Config.from_dict({"sampler": {"stages": ["bogus"]}})
+
+
+@pytest.mark.parametrize(
+    ("factory", "field"),
+    [
+        (lambda: Temperature(0), "temperature"),
+        (lambda: TopK(0), "top_k"),
+        (lambda: TopP(1.5), "top_p"),
+        (lambda: MinP(0), "min_p"),
+        (lambda: Mirostat(3), "mirostat"),
+        (lambda: Mirostat(2, tau=-1), "tau"),
+        (lambda: Mirostat(1, m=1), "mirostat_m"),
+        (lambda: Penalties(repeat=0), "repeat_penalty"),
+        (lambda: CFG(float("nan")), "cfg_scale"),
+    ],
+)
+def test_stage_arguments_validated_at_construction(factory, field):
+    with pytest.raises(ConfigError) as info:
+        factory()
+    assert info.value.field == field
+
+
+def test_cli_flags_override_only_what_was_given():
+    parser = argparse.ArgumentParser()
+    add_sampler_arguments(parser)
+    base = SamplerConfig(temperature=0.3, top_k=7, stop=["\n\n"])
+    args = parser.parse_args(["--top-p", "0.9", "--mirostat", "2", "--tau", "4", "--stop", "END",
+                              "--stages", "cfg,temperature,mirostat"])
+    cfg = sampler_config_from_args(args, base)
+    assert (cfg.temperature, cfg.top_k, cfg.top_p, cfg.mirostat, cfg.tau) == (0.3, 7, 0.9, 2, 4.0)
+    assert cfg.stop == ["\n\n", "END"] and cfg.stages == ["cfg", "temperature", "mirostat"]
+    with pytest.raises(ConfigError, match="top_p"):
+        sampler_config_from_args(parser.parse_args(["--top-p", "2"]), base)
+
+
+def test_grammar_syntax_error_reports_line_and_column(smollm):
+    from asymmetry.sampling.grammar import compile_grammar
+
+    grammar = 'root ::= item+\nitem ::= ("a" | "b" "c"'
+    with pytest.raises(AsymmetryError, match=r"line 2, column \d+") as info:
+        compile_grammar(smollm.tokenizer, smollm.model.config.vocab_size, grammar=grammar, source="g.gbnf")
+    assert "g.gbnf" in str(info.value)
+    with pytest.raises(AsymmetryError, match="not valid JSON: .* line 1, column"):
+        compile_grammar(smollm.tokenizer, smollm.model.config.vocab_size, json_schema='{"type": }')
+
+
+def test_filters_keep_what_they_should():
+    scores = torch.log(torch.tensor([[0.5, 0.25, 0.15, 0.06, 0.04]]))
+    ids = torch.zeros(1, 0, dtype=torch.long)
+    kept = lambda out: torch.isfinite(out[0]).nonzero().flatten().tolist()
+    assert kept(TopK(2)(ids, scores)) == [0, 1]
+    assert kept(TopP(0.75)(ids, scores)) == [0, 1]  # 0.5 + 0.25 reaches 0.75
+    assert kept(TopP(0.76)(ids, scores)) == [0, 1, 2]
+    assert kept(MinP(0.3)(ids, scores)) == [0, 1, 2]  # 0.15 >= 0.3 * 0.5
+    out = Penalties(repeat=2.0, frequency=0.5, presence=1.0, last_n=3)(torch.tensor([[1, 0, 1, 1]]), scores.clone())
+    expected = scores.clone()
+    expected[0, 1] = scores[0, 1] * 2.0 - 0.5 * 2 - 1.0  # token 1 appears twice in the last 3
+    expected[0, 0] = scores[0, 0] * 2.0 - 0.5 - 1.0
+    torch.testing.assert_close(out, expected)
+
+
+def test_mirostat_v2_truncates_by_surprise_and_updates_mu():
+    probs = torch.tensor([[0.5, 0.25, 0.125, 0.0625, 0.0625]])
+    stage = Mirostat(2, tau=1.5, eta=0.5)
+    assert stage.mu == 3.0
+    out = stage(torch.zeros(1, 0, dtype=torch.long), probs.log())
+    assert torch.isfinite(out[0]).tolist() == [True, True, True, False, False]  # surprise 1, 2, 3 bits <= mu
+    stage.accept(1)  # p = 0.25 / 0.875 after renormalising
+    surprise = -torch.log2(torch.tensor(0.25 / 0.875)).item()
+    assert stage.surprises == [pytest.approx(surprise, abs=1e-5)]
+    assert stage.mu == pytest.approx(3.0 - 0.5 * (surprise - 1.5), abs=1e-5)
+
+
+def test_mirostat_v1_keeps_k_from_zipf_estimate():
+    ranks = torch.arange(1, 1001, dtype=torch.float64)
+    probs = ranks**-1.2 / (ranks**-1.2).sum()  # an exact Zipf law with s = 1.2
+    stage = Mirostat(1, tau=3.0, m=100, vocab_size=1000)
+    out = stage(torch.zeros(1, 0, dtype=torch.long), probs.log().float()[None])
+    eps = 0.2
+    k = int(((eps * 2 ** 6.0) / (1 - 1000 ** (-eps))) ** (1 / 1.2))
+    assert int(torch.isfinite(out).sum()) == k
