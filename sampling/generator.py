@@ -55,6 +55,7 @@ class _Request:
     combiners: list[tuple[BranchCombiner, list[int]]]
     stop: list[str]
     buffer: torch.Tensor  # (1, T_max) prompt + generated ids, for stages reading input_ids
+    seed: int = 0
     tokens: list[int] = field(default_factory=list)
     surprises: list[float] = field(default_factory=list)
     text: str = ""
@@ -95,7 +96,10 @@ class Generator:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where the input ids go: the embedding's device (the first layer under a ``device_map``)."""
+        embeddings = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+        weight = getattr(embeddings, "weight", None)
+        return weight.device if weight is not None else next(self.model.parameters()).device
 
     # ----------------------------------------------------------------------------------------------- prompts
     def encode(self, prompt: str | list[int], what: str = "prompt") -> list[int]:
@@ -192,7 +196,7 @@ class Generator:
         stops = list(config.stop) + list(stop or [])
         forward_kwargs = dict(forward_kwargs or {})
         seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
-        rng = torch.Generator(device=self.device).manual_seed(seed)
+        rng: dict[str, torch.Generator] = {}  # one generator per logits device, seeded on first use
 
         # Rows: per request [primary, *branches, negative?]
         rows: list[list[int]] = []
@@ -223,7 +227,7 @@ class Generator:
                     stage.reset()
             buffer = torch.zeros(1, len(ids) + config.max_tokens, dtype=torch.long)
             buffer[0, : len(ids)] = torch.tensor(ids)
-            requests.append(_Request(ids, chain, row0, len(rows) - row0, combiners, stops, buffer))
+            requests.append(_Request(ids, chain, row0, len(rows) - row0, combiners, stops, buffer, seed))
 
         row_keys = sorted({k for kw in rows_kw for k in kw})
         for key in row_keys:
@@ -305,6 +309,8 @@ class Generator:
         scores = logits[req.row0: req.row0 + 1]  # (1, V)
         if req.chain:
             input_ids = req.buffer[:, : req.length]  # (1, T)
+            if scores.device.type != "cpu":
+                input_ids = input_ids.to(scores.device)
             for combiner, idx in req.combiners:
                 combiner.set_branch_scores(logits[idx])  # (R, V)
             for stage in req.chain:
@@ -316,7 +322,9 @@ class Generator:
             names = [getattr(s, "name", type(s).__name__) for s in req.chain]
             raise AsymmetryError(f"every token was filtered out at step {len(req.tokens)} by the stages {names}: "
                                  "loosen the filters or move the grammar stage before top-k/top-p/min-p/mirostat")
-        token = int(torch.multinomial(probs, 1, generator=rng))
+        if str(probs.device) not in rng:
+            rng[str(probs.device)] = torch.Generator(device=probs.device).manual_seed(int(req.seed))
+        token = int(torch.multinomial(probs, 1, generator=rng[str(probs.device)]))
         return token, -math.log(max(float(probs[0, token]), 1e-45)) / LOG2
 
     def _advance(self, req: _Request, token: int, surprise: float | None, config: SamplerConfig) -> str:
