@@ -24,6 +24,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -130,14 +131,39 @@ def build_index(
     progress: bool = True,
 ) -> mf.Manifest:
     """Build (or resume, or confirm up to date) the index for ``corpus`` in ``index_dir``; returns its manifest."""
-    from tqdm.auto import tqdm
-
     chunking = chunking or ChunkingConfig()
     root = mf.resolve_index_dir(index_dir)
     root.mkdir(parents=True, exist_ok=True)
     source = open_corpus(corpus)
     model_name = embedding_model_name(embedding_model)
     spec = build_spec(source.describe(), model_name, chunking, shard_size)
+
+    with _build_lock(root):
+        return _build_locked(source, root, spec, model_name, index_type, embedding_model, batch_size, shard_size,
+                             chunking, index_params, rebuild, progress)
+
+
+@contextmanager
+def _build_lock(root: Path):
+    """One build per index folder at a time (another process waits, then finds the index up to date)."""
+    import fcntl
+
+    (root / mf.WORK_DIR).mkdir(exist_ok=True)
+    with open(root / mf.WORK_DIR / "lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("another process is building %s: waiting for it to finish", root)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _build_locked(source, root: Path, spec: dict, model_name: str, index_type: str, embedding_model, batch_size: int,
+                  shard_size: int, chunking: ChunkingConfig, index_params, rebuild: bool, progress: bool):
+    from tqdm.auto import tqdm
 
     existing = mf.read_manifest(root)
     if existing is not None and not rebuild:

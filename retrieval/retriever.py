@@ -44,13 +44,16 @@ def _shingles(text: str, n: int = 3) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
-def remove_near_duplicates(passages: list[Passage], threshold: float = 0.8) -> list[Passage]:
-    """Drop passages whose word-3-gram Jaccard similarity with a higher-ranked one is >= ``threshold``."""
+def remove_near_duplicates(passages: list[Passage], threshold: float = 0.8, limit: int | None = None) -> list[Passage]:
+    """Drop passages whose word-3-gram Jaccard similarity with a higher-ranked one is >= ``threshold``; stop once
+    ``limit`` passages are kept."""
     if threshold >= 1.0:
-        return passages
+        return passages[:limit]
     kept: list[Passage] = []
     seen: list[set] = []
     for p in passages:
+        if limit is not None and len(kept) >= limit:
+            break
         sh = _shingles(p.text)
         if any(len(sh & s) / max(1, len(sh | s)) >= threshold for s in seen):
             continue
@@ -205,7 +208,7 @@ class Retriever:
                 meta["dense_rank"] = dense_rank.get(pid)
                 meta["lexical_rank"] = lexical_rank.get(pid)
             passages.append(Passage(pid, sp.title, sp.text, sp.url, float(score), meta))
-        return remove_near_duplicates(passages, self.config.dedup_threshold)[:k]
+        return remove_near_duplicates(passages, self.config.dedup_threshold, limit=k)
 
     def dense_ids(self, query_embedding: np.ndarray, depth: int) -> list[tuple[int, float]]:
         q = np.asarray(query_embedding, dtype=np.float32).reshape(1, -1)  # (Q, D)

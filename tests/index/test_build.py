@@ -120,3 +120,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["index", "build", "--corpus", str(tmp_path / "c.jsonl"), "--index-dir", str(tmp_path / "i")]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the (empty) progress bar
     assert last.startswith("error: ") and "c.jsonl line 1 has no 'text' field" in last
+
+
+def test_auto_index_type_by_size():
+    from asymmetry.index.faiss_index import choose_index_type, create_index
+
+    assert [choose_index_type(n) for n in (10_000, 200_000, 5_000_000)] == ["flat", "hnsw", "ivfpq"]
+    assert choose_index_type(10, "ivfpq") == "ivfpq"
+    with pytest.raises(AsymmetryError, match="unknown index type"):
+        choose_index_type(10, "lsh")
+    with pytest.raises(AsymmetryError, match="training vectors"):
+        create_index("ivfpq", 384, 5000)

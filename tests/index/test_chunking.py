@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from asymmetry.index.chunking import ChunkingConfig, chunk_article, split_sentences
 from asymmetry.index.corpus import Article, open_corpus
@@ -30,7 +32,7 @@ def test_long_articles_become_overlapping_passages_of_100_to_200_words():
             assert c.metadata["chunk"] == i and c.metadata["topic"] == art.metadata["topic"]
             first = split_sentences(c.text)[0]
             assert first in sentences  # passages start at a sentence boundary
-        for a, b in zip(chunks, chunks[1:]):
+        for a, b in itertools.pairwise(chunks):
             last = split_sentences(a.text)[-1]
             if len(last.split()) <= cfg.overlap_words:
                 assert b.text.startswith(last)  # overlap: the next passage repeats the last sentence
