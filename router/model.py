@@ -163,6 +163,8 @@ class Router:
                 raise AsymmetryError(f"route() takes one embedding, got {x.shape[0]}: use route_batch() for several")
             else:
                 self.logits(x)  # raises the shape error
+        if not np.isfinite(x).all():
+            raise AsymmetryError("the query embedding holds NaN or infinite values: re-embed the question")
         if self._fast is None:
             self._fast = [(np.ascontiguousarray(w.T), b) for w, b in self.layers]  # (in, out), (out,)
         for i, (wt, b) in enumerate(self._fast):

@@ -46,6 +46,8 @@ def test_route_gives_calibrated_probabilities_top2_and_fallback(any_router, smal
         assert all((strict.route(v).expert == "general") is expect_fallback for v in x[:20])
     with pytest.raises(AsymmetryError, match="384-d embeddings"):
         any_router.route(np.zeros(768, dtype=np.float32))
+    with pytest.raises(AsymmetryError, match="NaN"):
+        any_router.route(np.full(384, np.nan, dtype=np.float32))
     with pytest.raises(AsymmetryError, match="route_batch"):
         any_router.route(x[:2])
 
