@@ -44,7 +44,9 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sampler")
     for flag, dest, typ, help_text in _FLAGS:
         kw = {"choices": [0, 1, 2]} if dest == "mirostat" else {}
-        metavar = "FILE" if dest in ("grammar_file", "json_schema") else None
+        metavar = "FILE" if dest in ("grammar_file", "json_schema") else {int: "N", float: "X", str: "TEXT"}[typ]
+        if dest == "mirostat":
+            metavar = None
         group.add_argument(flag, dest=f"sampler_{dest}", type=typ, default=None, help=help_text, metavar=metavar, **kw)
     group.add_argument("--greedy", dest="sampler_greedy", action="store_true", default=None,
                        help="always pick the most likely token")
