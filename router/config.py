@@ -16,10 +16,10 @@ class RouterConfig:
     path: str | None = None  # None: <ASYMMETRY_HOME>/router/router.json if trained there, else the committed router
     mapping: str | None = None  # dataset -> expert TOML; None: the shipped router/mapping.toml
     data: list[str] = field(default_factory=list)  # extra labelled JSONL files ({"question", "expert"[, "split"]})
-    head: str = "logistic"
+    head: str = "mlp"  # one hidden ReLU layer; "logistic" is a single linear layer
     hidden: int = 128  # hidden units of the "mlp" head
     epochs: int = 60
-    max_train_per_source: int = 400
+    max_train_per_source: int = 1000
     max_calibration_per_source: int = 100
     max_heldout_per_source: int = 150
 
