@@ -1,8 +1,8 @@
 """The expert registry: experts from the config, LoRA adapters hot-swapped on one shared base.
 
 Every base model loads once (:func:`asymmetry.experts.base.load_base`, with the config's dtype and placement).
-All adapters of the experts built on that base are loaded as *named* adapters into ONE ``PeftModel`` the first time
-any of them is needed. :meth:`ExpertRegistry.model_for` then only switches the active adapter (or disables the LoRA
+All adapters of the experts built on that base are loaded as *named* adapters into ONE ``PeftModel``, each the first
+time its expert is needed. :meth:`ExpertRegistry.model_for` then only switches the active adapter (or disables the LoRA
 layers for an expert without adapter) — no reload. The switch is a state of the shared model, valid until the next
 ``model_for`` for that base; to run several experts in ONE batch, pass
 ``ExpertRegistry.batch_kwargs(names)`` (peft's per-row ``adapter_names``) as the forward kwargs.
@@ -156,45 +156,46 @@ class ExpertRegistry:
                 self._loaded[expert.base] = load_base(expert.base, **self.placement)
             return self._loaded[expert.base]
 
-    def _model_of_base(self, base: str):
-        """The one model serving every expert on ``base``: a PeftModel holding all their adapters, or the plain base
-        when none of them has an adapter."""
-        with self._lock:
-            if base in self._models:
-                return self._models[base]
-            from asymmetry.experts.base import resolve_model
+    def _model_of_base(self, base: str, need: list[Expert] | None = None):
+        """The one model serving every expert on ``base``: a PeftModel holding their adapters as named adapters
+        (each added the first time its expert is needed), or the plain base while none is needed."""
+        from asymmetry.experts.base import resolve_model
 
-            adapters = [e for e in self._experts.values() if e.base == base and e.adapter]
-            base_name, base_path = resolve_model(base)
-            for e in adapters:  # validate every adapter before loading or touching the shared model
-                check_adapter(e.name, e.adapter, base_name, base_path)
+        with self._lock:
+            missing = [e for e in (need or []) if e.adapter and e.name not in getattr(
+                self._models.get(base), "peft_config", {})]
+            if base in self._models and not missing:
+                return self._models[base]
+            if missing:  # validate before loading anything or touching the shared model
+                base_name, base_path = resolve_model(base)
+                for e in missing:
+                    check_adapter(e.name, e.adapter, base_name, base_path)
             first = next(e for e in self._experts.values() if e.base == base)
             loaded = self.base_for(first.name)
-            model = loaded.model
-            if adapters:
+            model = self._models.get(base, loaded.model)
+            for e in missing:
                 from peft import PeftModel
 
                 try:
-                    for i, e in enumerate(adapters):
-                        if i == 0:
-                            model = PeftModel.from_pretrained(loaded.model, e.adapter, adapter_name=e.name,
-                                                              is_trainable=False)
-                        else:
-                            model.load_adapter(e.adapter, adapter_name=e.name, is_trainable=False)
+                    if not hasattr(model, "peft_config"):
+                        model = PeftModel.from_pretrained(loaded.model, e.adapter, adapter_name=e.name,
+                                                          is_trainable=False)
+                        loaded.peft_model = model  # load_base() callers then get the bare base (adapters disabled)
+                    else:
+                        model.load_adapter(e.adapter, adapter_name=e.name, is_trainable=False)
                 except (RuntimeError, ValueError, KeyError) as exc:
                     raise AsymmetryError(
                         f"adapter {e.adapter} of expert {e.name!r} does not fit base {loaded.name} ({str(exc)[:200]}): "
                         f"it was probably trained on another base; retrain it or set the expert's base"
                     ) from exc
-                model.eval()
-                loaded.peft_model = model  # load_base() callers then get the bare base (adapters disabled)
+            model.eval()
             self._models[base] = model
             return model
 
     def model_for(self, name: str):
         """``(model, tokenizer)`` with expert ``name``'s adapter active on the shared base (bare base if none)."""
         expert = self.get(name)
-        model = self._model_of_base(expert.base)
+        model = self._model_of_base(expert.base, [expert])
         tokenizer = self.base_for(name).tokenizer
         if hasattr(model, "peft_config"):
             with self._lock:
@@ -225,7 +226,7 @@ class ExpertRegistry:
             raise AsymmetryError(
                 f"one batch can only mix experts of one base; got bases {', '.join(sorted(bases))}: split the batch"
             )
-        model = self._model_of_base(bases.pop())
+        model = self._model_of_base(bases.pop(), experts)
         if not hasattr(model, "peft_config"):
             return {}
         with self._lock:
