@@ -115,7 +115,8 @@ def _batched(chunks: Iterator[Chunk], size: int) -> Iterator[list[Chunk]]:
 def build_spec(corpus_desc: dict, model_name: str, chunking: ChunkingConfig, shard_size: int) -> dict:
     corpus_key = {k: corpus_desc[k] for k in ("source", "reader", "bytes", "sha256")}
     return {"format_version": mf.FORMAT_VERSION, "corpus": corpus_key, "embedding_model": model_name,
-            "chunking": asdict(chunking), "shard_size": shard_size, "lexical": LEXICAL_SPEC}
+            "chunking": asdict(chunking), "shard_size": shard_size, "lexical": LEXICAL_SPEC,
+            "store": {"minhash": "word-3-gram x64"}}
 
 
 def build_index(

@@ -9,9 +9,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from asymmetry.errors import AsymmetryError
 
-SCHEMA = "CREATE TABLE passages (id INTEGER PRIMARY KEY, title TEXT NOT NULL, text TEXT NOT NULL, url TEXT, meta TEXT)"
+SCHEMA = (
+    "CREATE TABLE passages (id INTEGER PRIMARY KEY, title TEXT NOT NULL, text TEXT NOT NULL, url TEXT, meta TEXT, "
+    "sig BLOB)"  # sig: MinHash signature for near-duplicate removal (asymmetry.retrieval.dedup)
+)
 
 
 @dataclass
@@ -21,10 +26,14 @@ class StoredPassage:
     text: str
     url: str
     metadata: dict
+    signature: np.ndarray | None = None  # (H,) uint32 MinHash, None in stores written without it
 
 
 def write_store(path: Path, rows: Iterable[tuple[int, str, str, str, dict]]) -> int:
-    """Write ``(id, title, text, url, metadata)`` rows to a new store at ``path`` (atomically). Returns the count."""
+    """Write ``(id, title, text, url, metadata)`` rows to a new store at ``path`` (atomically), with each text's
+    MinHash signature. Returns the count."""
+    from asymmetry.retrieval.dedup import minhash
+
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
     con = sqlite3.connect(tmp)
@@ -33,12 +42,12 @@ def write_store(path: Path, rows: Iterable[tuple[int, str, str, str, dict]]) -> 
         con.execute(SCHEMA)
         batch = []
         for pid, title, text, url, meta in rows:
-            batch.append((pid, title, text, url, json.dumps(meta, ensure_ascii=False)))
+            batch.append((pid, title, text, url, json.dumps(meta, ensure_ascii=False), minhash(text).tobytes()))
             if len(batch) >= 10_000:
-                con.executemany("INSERT INTO passages VALUES (?, ?, ?, ?, ?)", batch)
+                con.executemany("INSERT INTO passages VALUES (?, ?, ?, ?, ?, ?)", batch)
                 count += len(batch)
                 batch.clear()
-        con.executemany("INSERT INTO passages VALUES (?, ?, ?, ?, ?)", batch)
+        con.executemany("INSERT INTO passages VALUES (?, ?, ?, ?, ?, ?)", batch)
         count += len(batch)
         con.commit()
     finally:
@@ -57,10 +66,12 @@ class PassageStore:
         try:
             self._con = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
             (self._count,) = self._con.execute("SELECT COUNT(*) FROM passages").fetchone()
+            columns = {r[1] for r in self._con.execute("PRAGMA table_info(passages)")}
         except sqlite3.DatabaseError as exc:
             raise AsymmetryError(
                 f"passage store {self.path} is damaged ({exc}): rebuild with asymmetry index build --rebuild"
             ) from exc
+        self._select = "SELECT id, title, text, url, meta" + (", sig" if "sig" in columns else ", NULL")
 
     def __len__(self) -> int:
         return self._count
@@ -71,8 +82,12 @@ class PassageStore:
         if not ids:
             return []
         marks = ",".join("?" * len(ids))
-        rows = self._con.execute(f"SELECT id, title, text, url, meta FROM passages WHERE id IN ({marks})", ids)
-        found = {r[0]: StoredPassage(r[0], r[1], r[2], r[3] or "", json.loads(r[4]) if r[4] else {}) for r in rows}
+        rows = self._con.execute(f"{self._select} FROM passages WHERE id IN ({marks})", ids)
+        found = {
+            r[0]: StoredPassage(r[0], r[1], r[2], r[3] or "", json.loads(r[4]) if r[4] else {},
+                                np.frombuffer(r[5], dtype=np.uint32) if r[5] else None)
+            for r in rows
+        }
         missing = [i for i in ids if i not in found]
         if missing:
             raise AsymmetryError(

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from asymmetry.retrieval.config import MODES, RetrievalConfig
+from asymmetry.retrieval.dedup import minhash, similarity
 
 from asymmetry.errors import AsymmetryError
 
@@ -34,31 +34,23 @@ class Passage:
     metadata: dict = field(default_factory=dict)
 
 
-_WORD = re.compile(r"\w+")
-
-
-def _shingles(text: str, n: int = 3) -> set[tuple[str, ...]]:
-    words = _WORD.findall(text.lower())
-    if len(words) < n:
-        return {tuple(words)}
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
-
-
-def remove_near_duplicates(passages: list[Passage], threshold: float = 0.8, limit: int | None = None) -> list[Passage]:
-    """Drop passages whose word-3-gram Jaccard similarity with a higher-ranked one is >= ``threshold``; stop once
-    ``limit`` passages are kept."""
+def remove_near_duplicates(passages: list[Passage], threshold: float = 0.8, limit: int | None = None,
+                           signatures: list[np.ndarray | None] | None = None) -> list[Passage]:
+    """Drop passages whose word-3-gram Jaccard similarity (MinHash estimate) with a higher-ranked one is
+    >= ``threshold``; stop once ``limit`` passages are kept. ``signatures`` (from the passage store) are computed
+    from the texts where missing."""
     if threshold >= 1.0:
         return passages[:limit]
     kept: list[Passage] = []
-    seen: list[set] = []
-    for p in passages:
+    seen: list[np.ndarray] = []
+    for i, p in enumerate(passages):
         if limit is not None and len(kept) >= limit:
             break
-        sh = _shingles(p.text)
-        if any(len(sh & s) / max(1, len(sh | s)) >= threshold for s in seen):
+        sig = signatures[i] if signatures is not None and signatures[i] is not None else minhash(p.text)
+        if any(similarity(sig, s) >= threshold for s in seen):
             continue
         kept.append(p)
-        seen.append(sh)
+        seen.append(sig)
     return kept
 
 
@@ -208,7 +200,8 @@ class Retriever:
                 meta["dense_rank"] = dense_rank.get(pid)
                 meta["lexical_rank"] = lexical_rank.get(pid)
             passages.append(Passage(pid, sp.title, sp.text, sp.url, float(score), meta))
-        return remove_near_duplicates(passages, self.config.dedup_threshold, limit=k)
+        return remove_near_duplicates(passages, self.config.dedup_threshold, limit=k,
+                                      signatures=[sp.signature for sp in stored])
 
     def dense_ids(self, query_embedding: np.ndarray, depth: int) -> list[tuple[int, float]]:
         q = np.asarray(query_embedding, dtype=np.float32).reshape(1, -1)  # (Q, D)
