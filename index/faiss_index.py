@@ -2,8 +2,9 @@
 
 All indexes use inner product on normalised vectors (cosine similarity). Each type is a registered
 :class:`IndexType` that creates an empty index for ``n`` vectors of dimension ``d`` (training IVF-PQ on a sample)
-and applies search-time parameters. The IVF-PQ defaults come from ``benchmarks/faiss_scale.py`` (1M clustered
-vectors: recall@10 >= 0.9 against flat at <= 1/8 of flat's memory).
+and applies search-time parameters. ``benchmarks/faiss_scale.py`` is the tool to choose the IVF-PQ defaults
+(1M clustered vectors: recall@10 >= 0.9 against flat at <= 1/8 of flat's memory); its 1M run has not completed on
+the shared 2-core machine yet, so PQ_M / IVF_NPROBE below are provisional (96 bytes per vector = 1/16 of flat).
 
 Shapes: N vectors, D dimensions.
 """
