@@ -56,9 +56,11 @@ def run_lm_eval(csv_path: Path, model_dir: Path, workdir: Path, batch_size: int)
         task_manager=TaskManager(include_path=str(task_dir)),
         batch_size=batch_size,
         num_fewshot=0,
+        log_samples=True,
     )
     res = out["results"]["asym_mc_local"]
-    return {"acc": res["acc,none"], "acc_norm": res["acc_norm,none"]}
+    logliks = {s["doc"]["id"]: [float(r[0]) for r in s["filtered_resps"]] for s in out["samples"]["asym_mc_local"]}
+    return {"acc": res["acc,none"], "acc_norm": res["acc_norm,none"]}, logliks
 
 
 def main() -> None:
@@ -87,20 +89,29 @@ def main() -> None:
     ours = {"acc": rep["accuracy"]}
     # acc_norm from the same pass: the logged log-likelihoods divided by the option lengths in characters
     rows = {r.id: r for r in read_mc_csv(csv_path)}
-    hits = []
+    hits, ours_ll = [], {}
     with open(work / "ours" / "predictions.jsonl", encoding="utf-8") as fh:
         for line in fh:
             rec = json.loads(line)
+            ours_ll[rec["id"]] = rec["loglik"]
             row = rows[rec["id"]]
             norm = [ll / len(o) for ll, o in zip(rec["loglik"], row.options.values())]
             hits.append(row.letters[max(range(len(norm)), key=norm.__getitem__)] == row.answer)
     ours["acc_norm"] = sum(hits) / len(hits)
     result["asymmetry_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    theirs = run_lm_eval(csv_path, model_dir, work, args.batch_size)
+    theirs, their_ll = run_lm_eval(csv_path, model_dir, work, args.batch_size)
     result["lm_eval_s"] = time.perf_counter() - t0
     result["asymmetry"], result["lm_eval"] = ours, theirs
     result["difference_points"] = {m: 100 * (ours[m] - theirs[m]) for m in ours}
+    # per option: the same log-likelihoods? per question: the same top option?
+    diffs = [abs(a - b) for qid, lls in their_ll.items() for a, b in zip(ours_ll[qid], lls)]
+    same_top = [max(range(len(lls)), key=lls.__getitem__) == max(range(len(lls)), key=ours_ll[qid].__getitem__)
+                for qid, lls in their_ll.items()]
+    result["max_abs_loglik_diff"] = max(diffs)
+    result["same_top_option"] = sum(same_top) / len(same_top)
+    print(f"per option: max |loglik difference| {max(diffs):.2e} over {len(diffs)} options; "
+          f"same top option on {100 * result['same_top_option']:.1f}% of questions")
     for m in ("acc", "acc_norm"):
         print(f"{m:<9} asymmetry {100 * ours[m]:.1f}%  lm-eval {100 * theirs[m]:.1f}%  "
               f"difference {result['difference_points'][m]:+.1f} points")

@@ -61,7 +61,7 @@ def main() -> None:
     result: dict = {"limit": args.limit, "cfg_scale": args.cfg_scale, "cells": [], "skipped": []}
     for name in args.sets.split(","):
         csv_path = work / f"{name}.csv"
-        if not csv_path.is_file():
+        if not csv_path.is_file() or len(read_mc_csv(csv_path)) != args.limit:  # a larger --limit extends the runs
             write_mc_csv(export_rows(name, "validation", args.limit), csv_path)
         rows = {r.id: r for r in read_mc_csv(csv_path)}
         for choice in args.experts.split(","):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 
@@ -24,11 +23,10 @@ def register(sub) -> None:
         "cache). Writes OUT/submission.csv (id,prediction: top three letters), OUT/report.json (map@3, accuracy, "
         "per-expert and per-source breakdown, timings), OUT/accuracy_by_expert.png and OUT/predictions.jsonl "
         "(the log that --resume continues from).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     m.add_argument("file", metavar="FILE.csv", help="questions: prompt, A, B, ... columns; optional answer, id, source")
     m.add_argument("--limit", type=int, metavar="N", help="score only the first N questions")
-    m.add_argument("--out", default="eval-out", metavar="DIR", help="output folder")
+    m.add_argument("--out", default="eval-out", metavar="DIR", help="output folder (default: eval-out)")
     m.add_argument("--no-retrieval", action="store_true", help="score without Wikipedia passages")
     m.add_argument("--expert", metavar="NAME|auto",
                    help="auto: the router picks per question; base: the bare default model; or an expert name "
@@ -57,7 +55,7 @@ def register(sub) -> None:
         "tune, test only to report.",
     )
     x.add_argument("name", choices=["arc_easy", "arc_challenge", "openbookqa", "sciq", "mmlu"], help="benchmark")
-    x.add_argument("--split", default="validation", choices=["train", "validation", "test"], help="split")
+    x.add_argument("--split", default="validation", choices=["train", "validation", "test"], help="split (default: validation)")
     x.add_argument("--out", required=True, metavar="FILE", help="CSV file to write")
     x.add_argument("--limit", type=int, metavar="N", help="first N questions only")
     x.set_defaults(func=_export)
