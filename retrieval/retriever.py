@@ -190,18 +190,26 @@ class Retriever:
         else:
             ranked = reciprocal_rank_fusion([[i for i, _ in dense], [i for i, _ in lexical]], self.config.rrf_k)
         ranked = ranked[: max(depth, k)]
-        stored = self.store.get([pid for pid, _ in ranked])
-        dense_rank = {pid: r for r, (pid, _) in enumerate(dense, 1)}
-        lexical_rank = {pid: r for r, (pid, _) in enumerate(lexical, 1)}
-        passages = []
-        for (pid, score), sp in zip(ranked, stored):
-            meta = dict(sp.metadata)
-            if mode == "hybrid":
-                meta["dense_rank"] = dense_rank.get(pid)
-                meta["lexical_rank"] = lexical_rank.get(pid)
-            passages.append(Passage(pid, sp.title, sp.text, sp.url, float(score), meta))
-        return remove_near_duplicates(passages, self.config.dedup_threshold, limit=k,
-                                      signatures=[sp.signature for sp in stored])
+        dense_rank = {pid: r for r, (pid, _) in enumerate(dense, 1)} if mode == "hybrid" else {}
+        lexical_rank = {pid: r for r, (pid, _) in enumerate(lexical, 1)} if mode == "hybrid" else {}
+        kept: list[Passage] = []
+        seen: list[np.ndarray] = []
+        pos = 0
+        while len(kept) < k and pos < len(ranked):  # fetch only as many rows as near-duplicate removal needs
+            batch = ranked[pos : pos + k - len(kept)]
+            pos += len(batch)
+            for (pid, score), sp in zip(batch, self.store.get([pid for pid, _ in batch])):
+                sig = sp.signature if sp.signature is not None else minhash(sp.text)
+                if self.config.dedup_threshold < 1.0 and any(
+                    similarity(sig, s) >= self.config.dedup_threshold for s in seen
+                ):
+                    continue
+                meta = sp.metadata
+                if mode == "hybrid":
+                    meta = {**meta, "dense_rank": dense_rank.get(pid), "lexical_rank": lexical_rank.get(pid)}
+                kept.append(Passage(pid, sp.title, sp.text, sp.url, float(score), meta))
+                seen.append(sig)
+        return kept
 
     def dense_ids(self, query_embedding: np.ndarray, depth: int) -> list[tuple[int, float]]:
         q = np.asarray(query_embedding, dtype=np.float32).reshape(1, -1)  # (Q, D)
