@@ -75,8 +75,8 @@ def _ivfpq(d: int, n: int, params: dict):
 
 
 def ivf_nlist(n: int) -> int:
-    """About 4*sqrt(n) lists, with at least 39 training points per list (faiss' guideline)."""
-    return max(1, min(int(4 * math.sqrt(n)), n // 39))
+    """About 2*sqrt(n) lists (as in benchmarks/faiss_scale.py), with at least 39 training points per list."""
+    return max(1, min(int(2 * math.sqrt(n)), n // 39))
 
 
 def _ivfpq_params(d: int, n: int) -> dict:
