@@ -247,6 +247,7 @@ def train_adapter(
     model.peft_config[name].base_model_name_or_path = loaded.name  # portable: the model's name, not a cache path
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; an adapter folder is meant to be shared
     try:
         model.save_pretrained(tmp, selected_adapters=[name])
         # peft nests a non-"default" adapter in a sub-folder; keep the folder flat

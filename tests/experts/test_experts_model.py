@@ -95,7 +95,9 @@ def test_one_peft_model_switches_adapters_without_reloading(registry):
     registry.model_for("alpha")
     torch.testing.assert_close(_last_logits(model_a, tok), logits_a)  # switching back is exact
     # the CPU-only device map was honoured
-    assert set(registry.base_for("alpha").model.hf_device_map.values()) == {"cpu"}
+    base = registry.base_for("alpha").model
+    assert {p.device.type for p in base.parameters()} == {"cpu"}
+    assert set(getattr(base, "hf_device_map", {"": "cpu"}).values()) <= {"cpu"}
 
 
 def test_mixed_adapter_batch_matches_single_expert_rows(registry):
