@@ -50,24 +50,31 @@ class Prepared:
     sources: list[str] = field(default_factory=list)
 
 
+_REGISTRIES: dict[str, Any] = {}  # one registry per experts config per process: adapters wrap the shared base once
+
+
 class ModelSource:
     """Gives ``(model, tokenizer, spec)`` for an expert name; imports the experts package only when needed."""
 
     def __init__(self, config: Any = None):
         self.config = config
-        self._registry = None
+
+    @property
+    def _registry(self):
+        return _REGISTRIES.get(repr(self.config.experts))
 
     @property
     def registry(self):
-        if self._registry is None:
+        key = repr(self.config.experts)
+        if key not in _REGISTRIES:
             try:
                 from asymmetry.experts import ExpertRegistry
             except ImportError as exc:
                 raise AsymmetryError(
                     f"the expert registry is not available ({exc}): run with --expert base (the bare default model)"
                 )
-            self._registry = ExpertRegistry.from_config(self.config.experts)
-        return self._registry
+            _REGISTRIES[key] = ExpertRegistry.from_config(self.config.experts)
+        return _REGISTRIES[key]
 
     def names(self) -> list[str]:
         return [BASE, *self.registry.names()]
@@ -77,8 +84,14 @@ class ModelSource:
 
     def model_for(self, name: str):
         if name == BASE:
-            from asymmetry.experts.base import load_base
+            from asymmetry.experts.base import DEFAULT_BASE, load_base
 
+            registry = self._registry
+            if registry is not None:  # adapters may sit on the shared base: ask the registry for it with them off
+                bare = [n for n in registry.names() if registry.get(n).adapter is None
+                        and registry.get(n).base in (None, DEFAULT_BASE)]
+                if bare:
+                    return registry.model_for(bare[0])
             base = load_base()
             return base.model, base.tokenizer
         return self.registry.model_for(name)
