@@ -162,6 +162,11 @@ class ExpertRegistry:
         from asymmetry.experts.base import resolve_model
 
         with self._lock:
+            if base not in self._models:  # another registry of this process may already have wrapped the shared base
+                first = next(e for e in self._experts.values() if e.base == base)
+                shared = self.base_for(first.name).peft_model
+                if shared is not None:
+                    self._models[base] = shared
             missing = [e for e in (need or []) if e.adapter and e.name not in getattr(
                 self._models.get(base), "peft_config", {})]
             if base in self._models and not missing:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from asymmetry.sampling import Branch, Generator, SamplerConfig
@@ -24,15 +22,19 @@ class RecordingMixture(Mixture):
 
 
 @pytest.fixture(scope="module")
-def two_adapters(smollm):
+def two_adapters():
     from peft import LoraConfig, get_peft_model
 
+    from asymmetry.experts.base import load_private_copy
+
+    # a private copy: the shared base may already carry the expert registry's LoRA layers from earlier tests
+    private = load_private_copy()
     torch.manual_seed(0)
     cfg = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    model = get_peft_model(copy.deepcopy(smollm.model), cfg, adapter_name="a")
+    model = get_peft_model(private.model, cfg, adapter_name="a")
     model.add_adapter("b", cfg)
     model.eval()
-    return model, smollm.tokenizer
+    return model, private.tokenizer
 
 
 def test_mixture_of_two_adapters_in_one_forward_matches_separate_passes(two_adapters):
