@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["Assistant", "Answer", "Chat", "Config", "__version__"]
+__all__ = ["Answer", "Assistant", "Chat", "Config", "__version__"]
 
 
 def __getattr__(name):  # lazy: `import asymmetry` stays light for the CLI

@@ -66,10 +66,8 @@ class SquadItem:
 
 def _clean_query(query: str) -> str:
     query = query.strip()
-    if query.startswith("Question:"):
-        query = query[len("Question:") :]
-    if query.endswith("Answer:"):
-        query = query[: -len("Answer:")]
+    query = query.removeprefix("Question:")
+    query = query.removesuffix("Answer:")
     return query.strip()
 
 
