@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from asymmetry.errors import AsymmetryError, ConfigError
 from asymmetry.eval.config import EvalConfig

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from asymmetry.experts.data import LETTERS, mc_messages
-from asymmetry.experts.tokens import Batch, answer_logprobs, left_pad, prompt_text, with_system
+from asymmetry.experts.tokens import Batch, left_pad, prompt_text, with_system
 
 PRIMARY_METRIC = "accuracy"
 
@@ -91,13 +91,11 @@ def option_scores(model, tokenizer, questions: list, *, style: str = "cloze", sy
                 opts = [r[0][len(prefix):] for r in rows]
                 results.extend(_cloze_shared_prefix(model, prefix, opts, names, tokenizer.pad_token_id))
         return results
+    # lettered: one row per question and adapter; the score of option i is the log-prob of its letter
     jobs = []  # (question index, adapter name, rows)
     for qi, q in enumerate(questions):
-        if style == "cloze":
-            rows = _cloze_rows(tokenizer, q, system_prompt, template)
-        else:
-            msgs = with_system(mc_messages(q.question, q.options, None, "lettered"), system_prompt)
-            rows = [(tokenizer(prompt_text(tokenizer, msgs, template), add_special_tokens=False)["input_ids"], 0)]
+        msgs = with_system(mc_messages(q.question, q.options, None, "lettered"), system_prompt)
+        rows = [(tokenizer(prompt_text(tokenizer, msgs, template), add_special_tokens=False)["input_ids"], 0)]
         for name in names:
             jobs.append((qi, name, rows))
     letter_ids = [tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in LETTERS]
@@ -111,20 +109,13 @@ def option_scores(model, tokenizer, questions: list, *, style: str = "cloze", sy
             kwargs: dict[str, Any] = {}
             if adapter_names:
                 kwargs["adapter_names"] = [jobs[j][1] for j, _ in chunk]
-            if style == "cloze":
-                batch = left_pad([r[0] for _, r in chunk], [r[1] for _, r in chunk], tokenizer.pad_token_id)
-                picked = answer_logprobs(model, batch, **kwargs)  # (B, K)
-                counts = (batch.labels != -100).sum(-1)  # (B,)
-                for (j, _), lp, n in zip(chunk, picked.sum(-1).tolist(), counts.tolist()):
-                    results[j].append((lp, n))
-            else:
-                batch: Batch = left_pad([r[0] for _, r in chunk], [0] * len(chunk), tokenizer.pad_token_id)
-                out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                            position_ids=batch.position_ids, logits_to_keep=1, use_cache=False, **kwargs)
-                logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
-                for row, (j, _) in enumerate(chunk):
-                    n_opts = len(questions[jobs[j][0]].options)
-                    results[j].extend((float(logp[row, letter_ids[i]]), 1) for i in range(n_opts))
+            batch: Batch = left_pad([r[0] for _, r in chunk], [0] * len(chunk), tokenizer.pad_token_id)
+            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                        position_ids=batch.position_ids, logits_to_keep=1, use_cache=False, **kwargs)
+            logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
+            for row, (j, _) in enumerate(chunk):
+                n_opts = len(questions[jobs[j][0]].options)
+                results[j].extend((float(logp[row, letter_ids[i]]), 1) for i in range(n_opts))
             bar.update(len(chunk))
     bar.close()
     return results

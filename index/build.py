@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -265,7 +265,7 @@ def _build_locked(source, root: Path, spec: dict, model_name: str, index_type: s
         index_params=params, passage_count=n_passages, article_count=n_articles, corpus=source.describe(),
         chunking=asdict(chunking), lexical=LEXICAL_SPEC, build=spec,
         files=mf.file_entries(root, [mf.FAISS_NAME, mf.STORE_NAME, mf.BM25_DIR]),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     mf.write_manifest(root, manifest)
     return manifest

@@ -25,11 +25,11 @@ import logging
 import os
 import re
 import tempfile
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tomllib
 
 from asymmetry import defaults
 from asymmetry.errors import AsymmetryError

@@ -416,7 +416,7 @@ def train(
     y_cal = np.array([index[v] for v in y_calib])
     router.temperature = fit_temperature(router.logits(x_calib), y_cal)
     router.manifest = {
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "train": {**asdict(settings), "n_train": int(n), "n_calibration": len(y_calib)},
         **(manifest or {}),
     }
