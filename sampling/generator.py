@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from asymmetry.sampling.chain import ChainContext, build_chain
 from asymmetry.sampling.config import SamplerConfig
+from asymmetry.sampling.kernels import SmallBatchLinear, wants_small_batch
 from asymmetry.sampling.stages import BranchCombiner, Mirostat
 
 from asymmetry.errors import AsymmetryError
@@ -100,6 +101,11 @@ class Generator:
         embeddings = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
         weight = getattr(embeddings, "weight", None)
         return weight.device if weight is not None else next(self.model.parameters()).device
+
+    def _dtype(self) -> torch.dtype | None:
+        embeddings = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+        weight = getattr(embeddings, "weight", None)
+        return weight.dtype if weight is not None else None
 
     # ----------------------------------------------------------------------------------------------- prompts
     def encode(self, prompt: str | list[int], what: str = "prompt") -> list[int]:
@@ -263,6 +269,7 @@ class Generator:
             forwards = 1
             t_prefill = time.perf_counter() - t0
             step_ids = torch.full((n_rows, 1), self.pad_id, dtype=torch.long)  # (N, 1)
+            small = wants_small_batch(n_rows, device, self._dtype())  # see sampling/kernels.py
 
             while True:
                 active = [r for r in requests if r.finish_reason is None]
@@ -281,8 +288,11 @@ class Generator:
                 if not single:
                     mask = torch.cat([mask, mask.new_ones(n_rows, 1)], dim=1)  # (N, T)
                     pos = pos + 1  # (N, 1)
-                out = self._forward(ids_in, mask, pos, cache, forward_kwargs)
-                logits, cache = out
+                if small:
+                    with SmallBatchLinear():
+                        logits, cache = self._forward(ids_in, mask, pos, cache, forward_kwargs)
+                else:
+                    logits, cache = self._forward(ids_in, mask, pos, cache, forward_kwargs)
                 forwards += 1
         elapsed = time.perf_counter() - t0
         results = []

@@ -1,0 +1,43 @@
+"""The small-batch linear layout gives F.linear's results and only takes the calls it is meant for."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from asymmetry.sampling.kernels import SmallBatchLinear, _small_linear, wants_small_batch
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 8, 16, 17])
+def test_matches_linear(rows):
+    gen = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 1, 96, generator=gen)
+    w = torch.randn(200, 96, generator=gen)
+    b = torch.randn(200, generator=gen)
+    with torch.inference_mode():
+        ref = F.linear(x, w, b)
+        with SmallBatchLinear():
+            got = F.linear(x, w, b)
+            got_nobias = F.linear(x, w)
+    assert got.shape == ref.shape == (rows, 1, 200)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(got_nobias, ref - b, rtol=1e-5, atol=1e-4)
+    taken = _small_linear(x, w, b) is not None
+    assert taken == (2 <= rows <= 16)
+
+
+def test_leaves_autograd_and_other_dtypes_alone():
+    x = torch.randn(4, 32, requires_grad=True)
+    w = torch.randn(8, 32, requires_grad=True)
+    assert _small_linear(x, w) is None  # training keeps torch's own kernel
+    assert _small_linear(x.detach().double(), w.detach().double()) is None
+    with SmallBatchLinear():
+        y = F.linear(x, w)
+    y.sum().backward()
+    assert x.grad is not None and w.grad is not None
+
+
+def test_wants_small_batch():
+    cpu = torch.device("cpu")
+    assert wants_small_batch(2, cpu, torch.float32)
+    assert not wants_small_batch(1, cpu, torch.float32)
+    assert not wants_small_batch(2, cpu, torch.bfloat16)
+    assert not wants_small_batch(2, torch.device("meta"), torch.float32)
