@@ -246,6 +246,10 @@ def _build_locked(source, root: Path, spec: dict, model_name: str, index_type: s
     staged.mkdir()
     faiss.write_index(index, str(staged / mf.FAISS_NAME))
     del index
+    names = [mf.FAISS_NAME, mf.STORE_NAME, mf.BM25_DIR]
+    if kind == "ivfpq" and params.get("refine"):
+        _write_vectors(work, n_shards, n_passages, dim, staged / mf.VECTORS_NAME)
+        names.append(mf.VECTORS_NAME)
 
     from asymmetry.index.store import write_store
 
@@ -254,7 +258,8 @@ def _build_locked(source, root: Path, spec: dict, model_name: str, index_type: s
 
     # 3. swap in: the old manifest goes first (the folder is incomplete while files move), the new one last
     (root / mf.MANIFEST_NAME).unlink(missing_ok=True)
-    for name in (mf.FAISS_NAME, mf.STORE_NAME, mf.BM25_DIR):
+    (root / mf.VECTORS_NAME).unlink(missing_ok=True)  # a previous IVF-PQ build's vectors
+    for name in names:
         target = root / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -264,11 +269,23 @@ def _build_locked(source, root: Path, spec: dict, model_name: str, index_type: s
         format_version=mf.FORMAT_VERSION, embedding_model=model_name, embedding_dim=dim, index_type=kind,
         index_params=params, passage_count=n_passages, article_count=n_articles, corpus=source.describe(),
         chunking=asdict(chunking), lexical=LEXICAL_SPEC, build=spec,
-        files=mf.file_entries(root, [mf.FAISS_NAME, mf.STORE_NAME, mf.BM25_DIR]),
+        files=mf.file_entries(root, names),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     mf.write_manifest(root, manifest)
     return manifest
+
+
+def _write_vectors(work: Path, n_shards: int, n: int, dim: int, out: Path) -> None:
+    """All passage vectors as one (N, D) float32 .npy, for IVF-PQ's exact re-ranking (memory-mapped at search)."""
+    vectors = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(n, dim))  # (N, D)
+    start = 0
+    for i in range(n_shards):
+        block = np.load(_shard_paths(work, i)[0], mmap_mode="r")  # (B, D)
+        vectors[start: start + len(block)] = block
+        start += len(block)
+    vectors.flush()
+    del vectors
 
 
 def _shard_rows(work: Path, n_shards: int):

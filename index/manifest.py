@@ -18,6 +18,7 @@ MANIFEST_NAME = "manifest.json"
 FAISS_NAME = "index.faiss"
 STORE_NAME = "passages.sqlite"
 BM25_DIR = "bm25"
+VECTORS_NAME = "vectors.npy"  # IVF-PQ only: the exact vectors, memory-mapped for re-ranking
 WORK_DIR = ".build"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -56,6 +57,16 @@ def write_store(path: Path, rows: Iterable[tuple[int, str, str, str, dict]]) -> 
     return count
 
 
+@functools.lru_cache(maxsize=4096)
+def _parsed_metadata(text: str) -> dict:
+    return json.loads(text)
+
+
+def _metadata(text: str | None) -> dict:
+    """A fresh dict of a row's metadata JSON; the parse is cached (many passages share e.g. one topic label)."""
+    return dict(_parsed_metadata(text)) if text else {}
+
+
 class PassageStore:
     """Read-only access to a passage store; safe to share across threads (one connection per lookup batch)."""
 
@@ -82,9 +93,9 @@ class PassageStore:
         if not ids:
             return []
         marks = ",".join("?" * len(ids))
-        rows = self._con.execute(f"{self._select} FROM passages WHERE id IN ({marks})", ids)
+        rows = self._con.execute(f"{self._select} FROM passages WHERE id IN ({marks})", ids).fetchall()
         found = {
-            r[0]: StoredPassage(r[0], r[1], r[2], r[3] or "", json.loads(r[4]) if r[4] else {},
+            r[0]: StoredPassage(r[0], r[1], r[2], r[3] or "", _metadata(r[4]),
                                 np.frombuffer(r[5], dtype=np.uint32) if r[5] else None)
             for r in rows
         }

@@ -20,6 +20,7 @@ class RetrievalConfig:
     dedup_threshold: float = 0.8  # word-3-gram Jaccard at or above which a lower-ranked passage is dropped
     ef_search: int | None = None  # HNSW search depth (None: the manifest's value)
     nprobe: int | None = None  # IVF lists probed (None: the manifest's value)
+    refine: int | None = None  # IVF-PQ: candidates re-ranked exactly per result (None: the manifest's; 0: off)
     verify_checksums: bool = True  # SHA-256 of every index file when opening
 
     def __post_init__(self):
@@ -39,3 +40,5 @@ class RetrievalConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"retrieval.{name}", value, "use a positive integer or leave it unset")
+        if self.refine is not None and (not isinstance(self.refine, int) or self.refine < 0):
+            raise ConfigError("retrieval.refine", self.refine, "use 0 (off), a positive integer, or leave it unset")

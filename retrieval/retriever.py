@@ -10,6 +10,7 @@ Shapes: Q queries (always 1 here), D embedding dimensions, C candidates.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from asymmetry.retrieval.config import MODES, RetrievalConfig
-from asymmetry.retrieval.dedup import minhash, similarity
+from asymmetry.retrieval.dedup import NUM_HASHES, minhash, similarity
 
 from asymmetry.errors import AsymmetryError
 
@@ -76,13 +77,16 @@ def _as_retrieval_config(config) -> tuple[RetrievalConfig, object | None]:
 class Retriever:
     """Dense + lexical + hybrid search over one index folder (see :mod:`asymmetry.index.build`)."""
 
-    def __init__(self, index_dir: Path, manifest, index, store, bm25, config: RetrievalConfig):
+    def __init__(self, index_dir: Path, manifest, index, store, bm25, config: RetrievalConfig,
+                 vectors: np.ndarray | None = None, refine: int = 0):
         self.index_dir = index_dir
         self.manifest = manifest
         self.index = index
         self.store = store
         self.bm25 = bm25
         self.config = config
+        self.vectors = vectors  # (N, D) memory map for IVF-PQ re-ranking, or None
+        self.refine = refine if vectors is not None else 0
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------------- opening
@@ -139,7 +143,24 @@ class Retriever:
             params["ef_search"] = rcfg.ef_search
         if rcfg.nprobe is not None:
             params["nprobe"] = rcfg.nprobe
+        if rcfg.refine is not None:
+            params["refine"] = rcfg.refine
         apply_search_params(index, manifest.index_type, params)
+        vectors = None
+        refine = int(params.get("refine") or 0) if manifest.index_type == "ivfpq" else 0
+        if refine:
+            path = root / mf.VECTORS_NAME
+            if not path.is_file():
+                raise AsymmetryError(
+                    f"index {root} re-ranks IVF-PQ candidates but {path.name} is missing: rebuild with asymmetry "
+                    f"index build --index-dir {root} --rebuild, or set retrieval.refine = 0"
+                )
+            vectors = np.load(path, mmap_mode="r")  # (N, D), read-only memory map
+            if vectors.shape != (manifest.passage_count, manifest.embedding_dim):
+                raise AsymmetryError(
+                    f"{path} holds {vectors.shape} vectors, the manifest says ({manifest.passage_count}, "
+                    f"{manifest.embedding_dim}): rebuild with asymmetry index build --index-dir {root} --rebuild"
+                )
         store = PassageStore(root / mf.STORE_NAME)
         bm25 = None
         if (root / mf.BM25_DIR).is_dir():
@@ -152,7 +173,7 @@ class Retriever:
                     f"lexical index {root / mf.BM25_DIR} is damaged ({exc}): rebuild with asymmetry index build "
                     f"--index-dir {root} --rebuild"
                 ) from exc
-        return cls(root, manifest, index, store, bm25, rcfg)
+        return cls(root, manifest, index, store, bm25, rcfg, vectors, refine)
 
     # ----------------------------------------------------------------------------------------------- searching
     def embed_query(self, query: str) -> np.ndarray:
@@ -193,22 +214,23 @@ class Retriever:
         dense_rank = {pid: r for r, (pid, _) in enumerate(dense, 1)} if mode == "hybrid" else {}
         lexical_rank = {pid: r for r, (pid, _) in enumerate(lexical, 1)} if mode == "hybrid" else {}
         kept: list[Passage] = []
-        seen: list[np.ndarray] = []
+        dedup = self.config.dedup_threshold < 1.0
+        seen = np.empty((k, NUM_HASHES), dtype=np.uint32)  # (K, H) signatures of the kept passages
+        min_equal = math.ceil(self.config.dedup_threshold * NUM_HASHES - 1e-9)  # equal values that mean "duplicate"
         pos = 0
         while len(kept) < k and pos < len(ranked):  # fetch only as many rows as near-duplicate removal needs
             batch = ranked[pos : pos + k - len(kept)]
             pos += len(batch)
             for (pid, score), sp in zip(batch, self.store.get([pid for pid, _ in batch])):
-                sig = sp.signature if sp.signature is not None else minhash(sp.text)
-                if self.config.dedup_threshold < 1.0 and any(
-                    similarity(sig, s) >= self.config.dedup_threshold for s in seen
-                ):
-                    continue
+                if dedup:
+                    sig = sp.signature if sp.signature is not None else minhash(sp.text)
+                    if kept and int((seen[: len(kept)] == sig).sum(axis=1).max()) >= min_equal:
+                        continue
+                    seen[len(kept)] = sig
                 meta = sp.metadata
                 if mode == "hybrid":
                     meta = {**meta, "dense_rank": dense_rank.get(pid), "lexical_rank": lexical_rank.get(pid)}
                 kept.append(Passage(pid, sp.title, sp.text, sp.url, float(score), meta))
-                seen.append(sig)
         return kept
 
     def dense_ids(self, query_embedding: np.ndarray, depth: int) -> list[tuple[int, float]]:
@@ -218,8 +240,14 @@ class Retriever:
                 f"query_embedding has dimension {q.shape[1]} but index {self.index_dir} uses "
                 f"{self.manifest.embedding_dim} ({self.manifest.embedding_model}): embed the query with that model"
             )
+        if self.refine:
+            from asymmetry.index.faiss_index import rerank
+
+            _, cand = self.index.search(q, min(depth * self.refine, self.manifest.passage_count))  # (Q, C)
+            scores, ids = rerank(self.vectors, q[0], cand[0], depth)  # (K,), (K,)
+            return list(zip(ids.tolist(), scores.tolist()))
         scores, ids = self.index.search(q, depth)  # (Q, C), (Q, C)
-        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+        return [(i, s) for i, s in zip(ids[0].tolist(), scores[0].tolist()) if i >= 0]
 
     def lexical_ids(self, query: str, depth: int) -> list[tuple[int, float]]:
         if self.bm25 is None:

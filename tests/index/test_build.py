@@ -131,3 +131,28 @@ def test_auto_index_type_by_size():
         choose_index_type(10, "lsh")
     with pytest.raises(AsymmetryError, match="training vectors"):
         create_index("ivfpq", 384, 5000)
+
+
+def test_ivfpq_reranks_candidates_exactly_from_memory_mapped_vectors(small_index, small_corpus, tmp_path):
+    from asymmetry.retrieval import RetrievalConfig, Retriever
+
+    root = tmp_path / "ivfpq"
+    _copy_shards(small_index, root)
+    m = build_index(str(small_corpus), root, index_type="ivfpq", shard_size=32, progress=False)
+    assert m.index_params["refine"] > 0 and "vectors.npy" in m.files
+    flat = Retriever.open(small_index)
+    exact = Retriever.open(root)
+    pq_only = Retriever.open(root, config=RetrievalConfig(refine=0))
+    assert exact.refine == m.index_params["refine"] and pq_only.vectors is None
+    queries = faiss.read_index(str(small_index / "index.faiss")).reconstruct_n(0, 12)  # (12, D)
+    differs = 0
+    for q in queries:
+        want = flat.dense_ids(q, 5)
+        got = exact.dense_ids(q, 5)
+        assert [i for i, _ in got] == [i for i, _ in want]
+        assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-5)
+        differs += [s for _, s in pq_only.dense_ids(q, 5)] != pytest.approx([s for _, s in want], abs=1e-5)
+    assert differs > 0  # the PQ scores alone are approximate: re-ranking is what makes them exact
+    (root / "vectors.npy").unlink()
+    with pytest.raises(AsymmetryError, match="vectors.npy"):
+        Retriever.open(root, config=RetrievalConfig(verify_checksums=False))
