@@ -49,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:  # filter at the handler: some libraries (bm25s) set their
+        handler.setLevel(level)  # own loggers to DEBUG on import, which the root logger's level does not stop
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
