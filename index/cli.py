@@ -24,7 +24,9 @@ def register(sub) -> None:
                    "(default: index.corpus from the config)")
     b.add_argument("--index-dir", default=None, help="output folder (default: <ASYMMETRY_HOME>/indexes/default)")
     b.add_argument("--index-type", choices=INDEX_TYPES, default=None,
-                   help="FAISS index type; auto picks by passage count (default: index.index_type)")
+                   help="FAISS index type; auto picks flat under 50k passages, hnsw under 1M, ivfpq above (ivfpq "
+                   "keeps PQ codes in memory and re-ranks candidates from vectors.npy on disk) (default: "
+                   "index.index_type)")
     b.add_argument("--batch-size", type=int, default=None, help="embedding batch size (default: index.batch_size)")
     b.add_argument("--shard-size", type=int, default=None, help="passages per resumable shard (default: 4096)")
     b.add_argument("--rebuild", action="store_true",

@@ -67,8 +67,13 @@ def _metadata(text: str | None) -> dict:
     return dict(_parsed_metadata(text)) if text else {}
 
 
+# A store up to this size is held in memory as its rows (a lookup is then dict access, not a SQLite query: about
+# 0.15 ms less per search); larger stores are read from SQLite per lookup.
+IN_MEMORY_MAX_BYTES = 64 * 2**20
+
+
 class PassageStore:
-    """Read-only access to a passage store; safe to share across threads (one connection per lookup batch)."""
+    """Read-only access to a passage store; safe to share across threads."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -83,6 +88,9 @@ class PassageStore:
                 f"passage store {self.path} is damaged ({exc}): rebuild with asymmetry index build --rebuild"
             ) from exc
         self._select = "SELECT id, title, text, url, meta" + (", sig" if "sig" in columns else ", NULL")
+        self._rows: dict[int, tuple] | None = None
+        if self.path.stat().st_size <= IN_MEMORY_MAX_BYTES:  # small stores (the default index: 10 MB) are read once
+            self._rows = {r[0]: r for r in self._con.execute(f"{self._select} FROM passages")}
 
     def __len__(self) -> int:
         return self._count
@@ -92,8 +100,11 @@ class PassageStore:
         ids = [int(i) for i in ids]
         if not ids:
             return []
-        marks = ",".join("?" * len(ids))
-        rows = self._con.execute(f"{self._select} FROM passages WHERE id IN ({marks})", ids).fetchall()
+        if self._rows is not None:
+            rows = [r for i in ids if (r := self._rows.get(i)) is not None]
+        else:
+            marks = ",".join("?" * len(ids))
+            rows = self._con.execute(f"{self._select} FROM passages WHERE id IN ({marks})", ids).fetchall()
         found = {
             r[0]: StoredPassage(r[0], r[1], r[2], r[3] or "", _metadata(r[4]),
                                 np.frombuffer(r[5], dtype=np.uint32) if r[5] else None)

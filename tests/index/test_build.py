@@ -141,9 +141,13 @@ def test_ivfpq_reranks_candidates_exactly_from_memory_mapped_vectors(small_index
     m = build_index(str(small_corpus), root, index_type="ivfpq", shard_size=32, progress=False)
     assert m.index_params["refine"] > 0 and "vectors.npy" in m.files
     flat = Retriever.open(small_index)
-    exact = Retriever.open(root)
+    assert Retriever.open(root).refine == m.index_params["refine"]
+    # A tiny corpus gets very coarse PQ codes, so let every passage be a candidate: the test is that re-ranking
+    # orders candidates by the exact score (every IVF list is probed: nprobe >= nlist here).
+    assert m.index_params["nprobe"] >= m.index_params["nlist"]
+    exact = Retriever.open(root, config=RetrievalConfig(refine=m.passage_count))
     pq_only = Retriever.open(root, config=RetrievalConfig(refine=0))
-    assert exact.refine == m.index_params["refine"] and pq_only.vectors is None
+    assert exact.refine == m.passage_count and pq_only.vectors is None
     queries = faiss.read_index(str(small_index / "index.faiss")).reconstruct_n(0, 12)  # (12, D)
     differs = 0
     for q in queries:
