@@ -209,8 +209,8 @@ DEFAULT_RECIPES: dict[str, dict] = {
     "scholar": {
         "base": "qwen2.5-coder-0.5b",
         "style": "lettered",
-        "settings": {"max_steps": 2, "batch_size": 4, "lr": 2e-3, "max_length": 256, "eval_size": 4,
-                     "checkpoint_every": 1, "warmup_steps": 0, "top_layers": 4, "target_modules": ("q_proj", "v_proj")},
+        "settings": {"max_steps": 40, "batch_size": 4, "lr": 1e-3, "max_length": 256, "eval_size": 32,
+                     "checkpoint_every": 10, "warmup_steps": 4, "top_layers": 4, "target_modules": ("q_proj", "v_proj")},
         "train": [("mmlu", "train", None), ("mmlu", "validation:train", None)],
         "eval": [("mmlu", "validation:eval")],
     },
