@@ -10,7 +10,6 @@ Shapes: Q queries (always 1 here), D embedding dimensions, C candidates.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from asymmetry.retrieval.config import MODES, RetrievalConfig
-from asymmetry.retrieval.dedup import NUM_HASHES, minhash, similarity
+from asymmetry.retrieval.dedup import NUM_HASHES, is_near_duplicate, minhash
 
 from asymmetry.errors import AsymmetryError
 
@@ -43,15 +42,15 @@ def remove_near_duplicates(passages: list[Passage], threshold: float = 0.8, limi
     if threshold >= 1.0:
         return passages[:limit]
     kept: list[Passage] = []
-    seen: list[np.ndarray] = []
+    seen = np.empty((len(passages), NUM_HASHES), dtype=np.uint32)  # (K, H) signatures of the kept passages
     for i, p in enumerate(passages):
         if limit is not None and len(kept) >= limit:
             break
         sig = signatures[i] if signatures is not None and signatures[i] is not None else minhash(p.text)
-        if any(similarity(sig, s) >= threshold for s in seen):
+        if is_near_duplicate(sig, seen[: len(kept)], threshold):
             continue
+        seen[len(kept)] = sig
         kept.append(p)
-        seen.append(sig)
     return kept
 
 
@@ -216,7 +215,6 @@ class Retriever:
         kept: list[Passage] = []
         dedup = self.config.dedup_threshold < 1.0
         seen = np.empty((k, NUM_HASHES), dtype=np.uint32)  # (K, H) signatures of the kept passages
-        min_equal = math.ceil(self.config.dedup_threshold * NUM_HASHES - 1e-9)  # equal values that mean "duplicate"
         pos = 0
         while len(kept) < k and pos < len(ranked):  # fetch only as many rows as near-duplicate removal needs
             batch = ranked[pos : pos + k - len(kept)]
@@ -224,7 +222,7 @@ class Retriever:
             for (pid, score), sp in zip(batch, self.store.get([pid for pid, _ in batch])):
                 if dedup:
                     sig = sp.signature if sp.signature is not None else minhash(sp.text)
-                    if kept and int((seen[: len(kept)] == sig).sum(axis=1).max()) >= min_equal:
+                    if is_near_duplicate(sig, seen[: len(kept)], self.config.dedup_threshold):
                         continue
                     seen[len(kept)] = sig
                 meta = sp.metadata
