@@ -156,8 +156,10 @@ def cmd_compare(args) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{'dataset':<16} {'split':<16} {'n':>5} {'base acc':>9} {'expert acc':>10} {'base p(gold)':>12} "
-          f"{'expert p(gold)':>14}")
+          f"{'expert p(gold)':>14} {'gain ± se':>15} {'only exp/base right':>19}")
     for r in rows:
+        gain = f"{r['gold_prob_gain']:+.3f} ± {r['gold_prob_gain_se']:.3f}"
+        flips = f"{r['only_expert_right']}/{r['only_base_right']}"
         print(f"{r['dataset']:<16} {r['split']:<16} {r['n']:>5} {r['base_accuracy']:>9.3f} {r['expert_accuracy']:>10.3f} "
-              f"{r['base_gold_prob']:>12.3f} {r['expert_gold_prob']:>14.3f}")
+              f"{r['base_gold_prob']:>12.3f} {r['expert_gold_prob']:>14.3f} {gain:>15} {flips:>19}")
     return 0

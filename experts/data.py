@@ -208,9 +208,10 @@ DEFAULT_RECIPES: dict[str, dict] = {
     },
     "scholar": {
         "base": "qwen2.5-coder-0.5b",
-        "style": "lettered",
-        "settings": {"max_steps": 40, "batch_size": 4, "lr": 1e-3, "max_length": 256, "eval_size": 32,
-                     "checkpoint_every": 10, "warmup_steps": 4, "top_layers": 4, "target_modules": ("q_proj", "v_proj")},
+        "style": "cloze",
+        "settings": {"max_steps": 120, "batch_size": 8, "lr": 1e-3, "max_length": 160, "eval_size": 48,
+                     "checkpoint_every": 20, "warmup_steps": 8, "top_layers": 8,
+                     "target_modules": _SMOLLM2_SETTINGS["target_modules"]},
         "train": [("mmlu", "train", None), ("mmlu", "validation:train", None)],
         "eval": [("mmlu", "validation:eval")],
     },

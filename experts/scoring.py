@@ -121,18 +121,40 @@ def option_scores(model, tokenizer, questions: list, *, style: str = "cloze", sy
     return results
 
 
+def _per_question(q, opts: list[tuple[float, int]]) -> tuple[bool, bool, float]:
+    """(right by mean log-prob per token, right by sum, softmax probability of the gold option over the sums)."""
+    sums = [s for s, _ in opts]
+    means = [s / max(n, 1) for s, n in opts]
+    top = max(sums)
+    gold = math.exp(sums[q.answer] - top) / sum(math.exp(s - top) for s in sums)
+    return (max(range(len(means)), key=means.__getitem__) == q.answer,
+            max(range(len(sums)), key=sums.__getitem__) == q.answer, gold)
+
+
 def mc_metrics(questions: list, scores: list[list[tuple[float, int]]]) -> dict[str, float]:
     """Accuracy (mean log-prob per token), accuracy by sum, mean gold-option probability; ``accuracy`` is primary."""
-    acc = acc_sum = gold = 0.0
-    for q, opts in zip(questions, scores):
-        sums = [s for s, _ in opts]
-        means = [s / max(n, 1) for s, n in opts]
-        acc += float(max(range(len(means)), key=means.__getitem__) == q.answer)
-        acc_sum += float(max(range(len(sums)), key=sums.__getitem__) == q.answer)
-        top = max(sums)
-        gold += math.exp(sums[q.answer] - top) / sum(math.exp(s - top) for s in sums)
+    per = [_per_question(q, opts) for q, opts in zip(questions, scores)]
     n = max(len(questions), 1)
-    return {"accuracy": acc / n, "accuracy_sum": acc_sum / n, "gold_prob": gold / n, "n": float(len(questions))}
+    return {"accuracy": sum(p[0] for p in per) / n, "accuracy_sum": sum(p[1] for p in per) / n,
+            "gold_prob": sum(p[2] for p in per) / n, "n": float(len(questions))}
+
+
+def paired_stats(questions: list, expert: list[list[tuple[float, int]]],
+                 base: list[list[tuple[float, int]]]) -> dict[str, float]:
+    """Expert vs base on the SAME questions: the mean gain in gold-option probability with its standard error (the
+    paired differences' sample std / sqrt(n)), and how many questions only the expert / only the base gets right
+    (primary accuracy; a sign test on these two counts is McNemar's test)."""
+    diffs, only_expert, only_base = [], 0, 0
+    for q, e, b in zip(questions, expert, base):
+        pe, pb = _per_question(q, e), _per_question(q, b)
+        diffs.append(pe[2] - pb[2])
+        only_expert += pe[0] and not pb[0]
+        only_base += pb[0] and not pe[0]
+    n = len(diffs)
+    mean = sum(diffs) / max(n, 1)
+    var = sum((d - mean) ** 2 for d in diffs) / max(n - 1, 1)
+    return {"gold_prob_gain": mean, "gold_prob_gain_se": math.sqrt(var / max(n, 1)),
+            "only_expert_right": only_expert, "only_base_right": only_base}
 
 
 def evaluate_mc(model, tokenizer, questions: list, *, style: str = "cloze", system_prompt: str | None = None,
@@ -160,7 +182,8 @@ def compare_expert(registry, name: str, *, datasets: list[tuple[str, str]] | Non
     """Expert vs its bare base on validation data, scored in the same batches (peft per-row adapters).
 
     Returns one row per dataset: ``{"dataset", "split", "n", "base_accuracy", "expert_accuracy", "base_gold_prob",
-    "expert_gold_prob", ...}``.
+    "expert_gold_prob", ...}`` plus :func:`paired_stats` (gain in p(gold) with its paired standard error, and the
+    questions only one side gets right).
     """
     from asymmetry.experts.data import DEFAULT_RECIPES
 
@@ -188,5 +211,6 @@ def compare_expert(registry, name: str, *, datasets: list[tuple[str, str]] | Non
         for key in ("accuracy", "accuracy_sum", "gold_prob"):
             row[f"base_{key}"] = round(m_base[key], 4)
             row[f"expert_{key}"] = round(m_exp[key], 4)
+        row.update({k: round(v, 4) for k, v in paired_stats(questions, scores[0::2], scores[1::2]).items()})
         rows.append(row)
     return rows
