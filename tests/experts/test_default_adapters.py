@@ -29,7 +29,8 @@ def test_smollm2_expert_beats_its_base(registry, expert, dataset):
 
 @pytest.mark.slow
 def test_scholar_beats_its_base_on_mmlu(registry):
-    (row,) = compare_expert(registry, "scholar", datasets=[("mmlu", "validation:eval")], limit=60, progress=False)
+    # the README's n = 200 (about 12 minutes on 2 cores): at fewer questions +0.045 is within two standard errors
+    (row,) = compare_expert(registry, "scholar", datasets=[("mmlu", "validation:eval")], limit=200, progress=False)
     assert row["style"] == "cloze"
     assert row["expert_accuracy"] > row["base_accuracy"], row
     assert row["gold_prob_gain"] > 2 * row["gold_prob_gain_se"], row
