@@ -67,7 +67,9 @@ def register(sub) -> None:
     cp = esub.add_parser(
         "compare", help="score an expert against its bare base on its domain's validation questions",
         description="Option log-likelihood on validation splits, expert and bare base scored in the same batches "
-        "(peft per-row adapters). Prints accuracy and mean gold-option probability per dataset.",
+        "(peft per-row adapters). Prints accuracy and mean gold-option probability per dataset, and the paired "
+        "comparison: the mean per-question gain in gold-option probability with its standard error, and how many "
+        "questions only the expert / only the base gets right.",
     )
     cp.add_argument("name", help="an expert with an adapter")
     cp.add_argument("--dataset", action="append", metavar="NAME[:SPLIT]",
