@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import pytest
 from asymmetry.experts import ExpertRegistry
+from asymmetry.experts.config import ExpertsConfig
 from asymmetry.experts.scoring import compare_expert
 
 
 @pytest.fixture(scope="module")
 def registry():
-    return ExpertRegistry.from_config()
+    """The built-in experts on their own placement of the bases (an explicit CPU device map), so the adapters this
+    module activates never touch the session's shared ``smollm`` base that other tests compare against."""
+    return ExpertRegistry.from_config(ExpertsConfig(device_map={"": "cpu"}, max_memory={"cpu": "12GiB"}))
 
 
 @pytest.mark.parametrize("expert, dataset", [("science", ("sciq", "validation:eval")),
