@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 from asymmetry.errors import AsymmetryError
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    if sys.stdin.isatty():  # Ctrl-C works at a terminal even when launched from a shell that ignores SIGINT (nohup, &)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         from asymmetry.config import Config
 

@@ -134,12 +134,8 @@ def _setup_readline():
 
 
 def cmd_chat(args) -> int:
-    import signal
-
     from asymmetry.assistant import Assistant, _sampler_with
 
-    if sys.stdin.isatty():  # Ctrl-C stops an answer even when started from a shell that ignores SIGINT (nohup, &)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
     bot = Assistant.load(args.cfg)
     kwargs = _call_kwargs(args)
     chat = bot.chat()

@@ -34,11 +34,6 @@ def minhash(text: str) -> np.ndarray:
     return mixed.min(axis=1).astype(np.uint32)  # (H,)
 
 
-def similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Estimated Jaccard similarity of two signatures."""
-    return float(np.count_nonzero(a == b)) / NUM_HASHES
-
-
 def is_near_duplicate(sig: np.ndarray, kept: np.ndarray, threshold: float) -> bool:
     """Whether ``sig`` (H,) has estimated Jaccard similarity >= ``threshold`` with any row of ``kept`` (K, H);
     one vectorised comparison for all kept signatures."""
