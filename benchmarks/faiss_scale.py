@@ -30,6 +30,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+
+from asymmetry.atomic import atomic_write_json
 from asymmetry.index.faiss_index import rerank
 
 # Shapes: N base vectors, Q queries, D dimensions, R rank of a cluster's covariance, K neighbours.
@@ -188,9 +190,7 @@ def main() -> int:
               "spread": args.spread, "neighbours": neighbours,
               "baseline": "flat (IndexFlatIP), same run", "rows": rows, "pick": pick,
               "total_s": time.perf_counter() - t0}
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    atomic_write_json(out, result, indent=2)
     print(f"wrote {out} (total {result['total_s']:.0f}s)")
     return 0 if pick else 1
 

@@ -31,7 +31,8 @@ def main() -> int:
     args = ap.parse_args()
 
     import torch
-    from asymmetry.experts import ExpertRegistry, ExpertSpec
+
+    from asymmetry.experts import ExpertRegistry, ExpertSpec, ModelPool
     from asymmetry.experts.config import adapters_package_dir
     from asymmetry.sampling import Generator, SamplerConfig
 
@@ -42,29 +43,28 @@ def main() -> int:
     adapter = adapters_package_dir() / "scholar"
     if not (adapter / "adapter_config.json").is_file():
         from asymmetry.experts.data import default_examples
-        from asymmetry.experts.training import TrainSettings, train_adapter
+        from asymmetry.experts.training import AdapterTrainSettings, train_adapter
 
         adapter = Path(tempfile.mkdtemp()) / "scholar"
         train_adapter("scholar", default_examples("scholar")[:16], adapter, base="qwen2.5-coder-0.5b",
-                      settings=TrainSettings(max_steps=2, batch_size=2, max_length=128, eval_size=0), progress=False)
+                      settings=AdapterTrainSettings(max_steps=2, batch_size=2, max_length=128, eval_size=0), progress=False)
     specs = [ExpertSpec(name="scholar", base="qwen2.5-coder-0.5b", adapter=str(adapter)),
              ExpertSpec(name="bare", base="qwen2.5-coder-0.5b")]
     question = "Which gas makes up most of Earth's atmosphere?"
     config = SamplerConfig(max_tokens=args.tokens, greedy=True)
 
     def run(placement: dict, label: str) -> dict:
-        reg = ExpertRegistry(specs, default="bare", **placement)
+        reg = ExpertRegistry(specs, default="bare", pool=ModelPool(), **placement)
         t = time.perf_counter()
-        model, tok = reg.model_for("scholar")
+        scholar = reg.model("scholar")
         load_s = time.perf_counter() - t
-        where = Counter(str(v) for v in getattr(reg.base_for("scholar").model, "hf_device_map", {}).values())
-        gen = Generator(model, tok)
+        where = Counter(str(v) for v in getattr(scholar.base.loaded.model, "hf_device_map", {}).values())
+        gen = Generator(scholar.model, scholar.tokenizer, lock=scholar.lock)
         prompt = gen.chat_prompt(question)
         out, times = {}, {}
         for name in ("scholar", "bare", "scholar"):
-            reg.model_for(name)
             t = time.perf_counter()
-            g = gen.generate(prompt, config)
+            g = gen.generate(prompt, config, row_kwargs=reg.model(name).row_kwargs())
             times[name] = time.perf_counter() - t
             out[name] = g.text
         kw = reg.batch_kwargs(["scholar", "bare"])

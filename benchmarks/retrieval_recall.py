@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-from asymmetry.index.build import build_index
-from asymmetry.retrieval import RetrievalConfig, Retriever
-
 from asymmetry import defaults
+from asymmetry.atomic import atomic_write_json
 from asymmetry.datasets import load_squad
+from asymmetry.embedder import Embedder
+from asymmetry.index import build_index
+from asymmetry.retrieval import RetrievalConfig, Retriever
 
 KS = (1, 5, 20)
 
@@ -42,13 +42,12 @@ def main() -> int:
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if not corpus.is_file() or corpus.read_text(encoding="utf-8") != text:
         corpus.write_text(text, encoding="utf-8")
+    embedder = Embedder()  # one model for the build and the questions
     t = time.perf_counter()
-    m = build_index(str(corpus), root, index_type="flat", progress=True)
+    m = build_index(str(corpus), root, index_type="flat", progress=True, embedder=embedder)
     print(f"index: {m.passage_count} passages from {len(rows)} paragraphs ({time.perf_counter() - t:.0f}s)")
-    retriever = Retriever.open(root, config=RetrievalConfig(verify_checksums=False))
-    from asymmetry.index.embedding import embed
-
-    qvecs = embed([it.question for it in items], batch_size=128)  # one embedding per question, shared by the modes
+    retriever = Retriever.open(root, config=RetrievalConfig(verify_checksums=False), embedder=embedder)
+    qvecs = embedder.encode([it.question for it in items], batch_size=128)  # (Q, D), shared by the three modes
     results = {}
     for mode in ("dense", "lexical", "hybrid"):
         hits = dict.fromkeys(KS, 0)
@@ -73,9 +72,7 @@ def main() -> int:
     payload = {"questions": len(items), "paragraphs": len(rows), "passages": m.passage_count,
                "embedding_model": m.embedding_model, "primary_metric": "hybrid recall@5", "results": results,
                "goal_met": goal}
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, out)
+    atomic_write_json(out, payload, indent=2)
     return 0 if goal else 1
 
 

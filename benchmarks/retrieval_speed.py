@@ -1,7 +1,8 @@
 """Retrieval speed against bare baselines measured in the same run.
 
 1. Embedding throughput of the index build (``asymmetry.index.build.embed_passages``: length-sorted blocks with a
-   progress bar) vs a bare ``SentenceTransformer.encode`` over the same passages, same batch size. Goal >= 0.9x.
+   progress bar, through the shared ``Embedder``) vs a bare ``SentenceTransformer.encode`` over the same passages,
+   same batch size. Goal >= 0.9x.
 2. Dense ``Retriever.search(query, k, mode="dense", query_embedding=...)`` (FAISS search, passage store lookup,
    near-duplicate removal, ``Passage`` objects) vs a bare ``faiss_index.search`` of the same embedding on the same
    index. Goal <= 1.2x. The query embedding is computed once and excluded from both (it is shared with the router).
@@ -15,12 +16,21 @@ from __future__ import annotations
 import argparse
 import io
 import itertools
-import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+
+from asymmetry import defaults
+from asymmetry.atomic import atomic_write_json
+from asymmetry.datasets import load_squad
+from asymmetry.embedder import Embedder
+from asymmetry.index.build import embed_passages
+from asymmetry.index.chunking import chunk_articles
+from asymmetry.index.corpus import open_corpus
+from asymmetry.index.manifest import default_index_dir, read_manifest
+from asymmetry.retrieval import RetrievalConfig, Retriever
 
 
 def main() -> int:
@@ -34,20 +44,10 @@ def main() -> int:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "retrieval_speed.json"))
     args = ap.parse_args()
 
-    from asymmetry.index.build import embed_passages
-    from asymmetry.index.chunking import chunk_articles
-    from asymmetry.index.corpus import open_corpus
-    from asymmetry.index.embedding import embed, load_embedder
-    from asymmetry.index.manifest import default_index_dir, read_manifest
-    from asymmetry.retrieval import RetrievalConfig, Retriever
-    from tqdm import tqdm
-
-    from asymmetry import defaults
-    from asymmetry.datasets import load_squad
-
     # 1. embedding throughput
     texts = [c.indexed_text for c in itertools.islice(chunk_articles(open_corpus("default")), args.passages)]
-    model = load_embedder()
+    embedder = Embedder()
+    model = embedder.model  # the bare SentenceTransformer: the baseline
     model.encode(texts[:64], batch_size=args.batch_size)  # warm-up
     bare, ours = [], []
     for _ in range(args.rounds):
@@ -56,7 +56,7 @@ def main() -> int:
         bare.append(time.perf_counter() - t)
         t = time.perf_counter()
         with tqdm(total=len(texts), unit=" passages", file=io.StringIO()) as bar:
-            b = embed_passages(texts, None, args.batch_size, bar)
+            b = embed_passages(texts, embedder, args.batch_size, bar)  # (N, D)
         ours.append(time.perf_counter() - t)
         print(f"  round: bare encode {len(texts) / bare[-1]:.1f} passages/s, build {len(texts) / ours[-1]:.1f}",
               flush=True)
@@ -70,9 +70,9 @@ def main() -> int:
     root = args.index_dir
     if root is None:
         root = default_index_dir() if read_manifest(default_index_dir()) else defaults.home() / "bench" / "squad-index"
-    retriever = Retriever.open(root, config=RetrievalConfig(verify_checksums=False))
+    retriever = Retriever.open(root, config=RetrievalConfig(verify_checksums=False), embedder=embedder)
     questions = [it.question for it in load_squad()[: args.queries]]
-    qvecs = embed(questions, batch_size=128)  # (Q, D)
+    qvecs = embedder.encode(questions, batch_size=128)  # (Q, D)
     for q, v in zip(questions[:20], qvecs):  # warm-up
         retriever.search(q, k=args.k, mode="dense", query_embedding=v)
     bare_s, ours_s = [], []
@@ -94,9 +94,7 @@ def main() -> int:
           f"{search['time_ratio']:.3f}x (goal <= 1.2)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"embedding": emb, "dense_search": search}, indent=2))
-    os.replace(tmp, out)
+    atomic_write_json(out, {"embedding": emb, "dense_search": search}, indent=2)
     return 0 if emb["throughput_ratio"] >= 0.9 and search["time_ratio"] <= 1.2 else 1
 
 

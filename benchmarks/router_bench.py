@@ -17,10 +17,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import time
-from pathlib import Path
+
+from asymmetry.atomic import atomic_write_json
+from asymmetry.embedder import Embedder
+from asymmetry.router import DEFAULT_ROUTER_FILE, Router, RouterConfig
+from asymmetry.router.baselines import KeywordBaseline, NearestCentroid
+from asymmetry.router.data import PARTS, EmbeddingCache
+from asymmetry.router.metrics import classification_metrics, evaluate
+from asymmetry.router.model import RouterTrainSettings, train
+from asymmetry.router.pipeline import load_examples
 
 
 def _per_call(fn, items, repeat: int) -> float:
@@ -35,14 +42,6 @@ def _per_call(fn, items, repeat: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from asymmetry.index.embedding import embed, load_embedder
-    from asymmetry.router import DEFAULT_ROUTER_FILE, Router, RouterConfig
-    from asymmetry.router.baselines import KeywordBaseline, NearestCentroid
-    from asymmetry.router.data import PARTS, EmbeddingCache
-    from asymmetry.router.metrics import classification_metrics, evaluate
-    from asymmetry.router.model import TrainSettings, train
-    from asymmetry.router.pipeline import load_examples
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--router", default=str(DEFAULT_ROUTER_FILE), help="router to measure (default: committed)")
     ap.add_argument("--embed-questions", type=int, default=50, help="questions embedded one by one for the baseline")
@@ -52,13 +51,14 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = RouterConfig()
     examples = load_examples(cfg)
-    cache = EmbeddingCache()
+    embedder = Embedder()
+    cache = EmbeddingCache(embedder=embedder)
     x = {part: cache.vectors(examples[part]) for part in PARTS}  # each (N_part, D)
     y = {part: [e.label for e in examples[part]] for part in PARTS}
     heldout_texts = [e.text for e in examples["heldout"]]
 
     results: dict = {"n": {p: len(y[p]) for p in PARTS}, "accuracy": {}, "macro_f1": {}, "time_ms": {}}
-    router = Router.load(args.router)
+    router = Router.load(args.router, embedder=embedder)
     report = evaluate(router, x["heldout"], y["heldout"])
     results["router"] = {"path": args.router, "ece": report.metrics["ece"], "fallback_rate": report.metrics["fallback_rate"],
                          "accuracy_routed": report.metrics["accuracy_routed"], "confusion": report.confusion.tolist(),
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     results["accuracy"]["router"] = report.metrics["accuracy"]
     results["macro_f1"]["router"] = report.metrics["macro_f1"]
     for head in ("logistic", "mlp"):
-        settings = TrainSettings(head=head, lr=0.01 if head == "logistic" else 0.003)
+        settings = RouterTrainSettings(head=head)  # each head's default learning rate
         t0 = time.perf_counter()
         r = train(x["train"], y["train"], x["calibration"], y["calibration"], settings=settings)
         m = evaluate(r, x["heldout"], y["heldout"]).metrics
@@ -89,9 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     router.route(vectors[0])  # warm-up
     route_s = _per_call(router.route, vectors, args.repeat)
     centroid_s = _per_call(lambda v: nc.predict(v[None, :]), vectors, args.repeat)
-    load_embedder()
-    embed([heldout_texts[0]])  # warm-up
-    embed_s = _per_call(lambda t: embed([t]), heldout_texts[: args.embed_questions], 1)
+    embedder.encode([heldout_texts[0]])  # warm-up (loads the model)
+    embed_s = _per_call(lambda t: embedder.encode([t]), heldout_texts[: args.embed_questions], 1)
     results["time_ms"] = {"route": route_s * 1e3, "nearest_centroid": centroid_s * 1e3, "embed_one_question": embed_s * 1e3}
 
     acc = results["accuracy"]
@@ -112,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{t['route'] / t['embed_one_question'] * 100:.3f}% ({t['embed_one_question'] / t['route']:.0f}x less)")
     print(f"  vs nearest-centroid {t['nearest_centroid'] * 1e3:.1f} us: ratio {t['route'] / t['nearest_centroid']:.2f}x")
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+        atomic_write_json(args.out, results, indent=1)
     return 0
 
 

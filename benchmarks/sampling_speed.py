@@ -18,8 +18,9 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
+
+from asymmetry.atomic import atomic_write_json  # stdlib only: safe before the environment below is set
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -43,12 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    from asymmetry.experts.base import load_base
+
+    from asymmetry.experts import ModelPool
     from asymmetry.sampling import Generator, SamplerConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    base = load_base(args.model)
+    base = ModelPool().base(args.model)
     model, tok = base.model, base.tokenizer
     gen = Generator(model, tok)
     n = args.tokens
@@ -106,10 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 "ratios": {k: {"ratio": r, "target": t} for k, (r, t) in ratios.items()},
                 "tokens": n, "repeats": args.repeats, "threads": torch.get_num_threads(),
                 "loadavg": os.getloadavg()[0]}
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.out)), suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-        os.replace(tmp, args.out)
+        atomic_write_json(args.out, data, indent=2)
     return 0
 
 

@@ -11,10 +11,11 @@ import csv
 import io
 import os
 import string
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from asymmetry.atomic import atomic_write_text
+from asymmetry.datasets import load_mc
 from asymmetry.errors import AsymmetryError
 
 LETTERS = string.ascii_uppercase
@@ -36,20 +37,6 @@ class MCRow:
     @property
     def letters(self) -> list[str]:
         return list(self.options)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_mc_csv(path: str | os.PathLike) -> list[MCRow]:
@@ -140,8 +127,6 @@ def read_mc_csv(path: str | os.PathLike) -> list[MCRow]:
 
 def export_rows(name: str, split: str, limit: int | None = None) -> list[dict[str, str]]:
     """The shipped benchmark ``name`` / ``split`` as Kaggle-layout rows (prompt, A.., answer, id, source)."""
-    from asymmetry.datasets import load_mc
-
     if name not in EXPORTABLE:
         raise AsymmetryError(f"unknown benchmark {name!r} for export: use one of {', '.join(EXPORTABLE)}")
     questions = load_mc(name, split)

@@ -1,11 +1,15 @@
-"""Multiple-choice metrics: MAP@k (Kaggle's LLM Science Exam metric) and accuracy.
+"""Multiple-choice metrics, the one module for them.
 
-With one correct answer per question, average precision at k is ``1 / rank`` of the answer when it is among the
-first k predictions and 0 otherwise; MAP@k is its mean over questions.
+- Ranking metrics of a benchmark run (``eval mc``): MAP@k (Kaggle's LLM Science Exam metric) and accuracy of the
+  top prediction, primary ``map@3``. With one correct answer per question, average precision at k is ``1 / rank``
+  of the answer when it is among the first k predictions and 0 otherwise; MAP@k is its mean over questions.
+- Option log-likelihood metrics (``expert compare``): accuracy by mean log-prob per option token (primary), by sum,
+  the gold option's probability, and paired expert-vs-base statistics.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 PRIMARY_METRIC = "map@3"
@@ -30,3 +34,47 @@ def mc_metrics(ranked: Sequence[Sequence[str]], answers: Sequence[str], k: int =
     ap = [average_precision_at_k(r, a, k) for r, a in pairs]
     acc = [1.0 if r and r[0] == a else 0.0 for r, a in pairs]
     return {f"map@{k}": sum(ap) / len(ap), "accuracy": sum(acc) / len(acc), "n": float(len(pairs))}
+
+
+# -- option log-likelihood metrics (expert vs base on validation questions) -----------------------------------------
+
+OPTION_PRIMARY_METRIC = "accuracy"
+
+
+def _per_question(answer: int, opts: Sequence[tuple[float, int]]) -> tuple[bool, bool, float]:
+    """(right by mean log-prob per token, right by sum, softmax probability of the gold option over the sums)."""
+    sums = [s for s, _ in opts]
+    means = [s / max(n, 1) for s, n in opts]
+    top = max(sums)
+    gold = math.exp(sums[answer] - top) / sum(math.exp(s - top) for s in sums)
+    return (max(range(len(means)), key=means.__getitem__) == answer,
+            max(range(len(sums)), key=sums.__getitem__) == answer, gold)
+
+
+def option_metrics(answers: Sequence[int], scores: Sequence[Sequence[tuple[float, int]]]) -> dict[str, float]:
+    """Accuracy by mean log-prob per option token (primary), accuracy by sum, mean gold-option probability.
+
+    ``answers[i]`` is question i's gold option index; ``scores[i]`` a ``(sum log-prob, n tokens)`` per option.
+    """
+    per = [_per_question(a, opts) for a, opts in zip(answers, scores)]
+    n = max(len(per), 1)
+    return {"accuracy": sum(p[0] for p in per) / n, "accuracy_sum": sum(p[1] for p in per) / n,
+            "gold_prob": sum(p[2] for p in per) / n, "n": float(len(per))}
+
+
+def paired_option_stats(answers: Sequence[int], expert: Sequence[Sequence[tuple[float, int]]],
+                        base: Sequence[Sequence[tuple[float, int]]]) -> dict[str, float]:
+    """Expert vs base on the SAME questions: the mean gain in gold-option probability with its standard error (the
+    paired differences' sample std / sqrt(n)), and how many questions only the expert / only the base gets right
+    (primary accuracy; a sign test on these two counts is McNemar's test)."""
+    diffs, only_expert, only_base = [], 0, 0
+    for a, e, b in zip(answers, expert, base):
+        pe, pb = _per_question(a, e), _per_question(a, b)
+        diffs.append(pe[2] - pb[2])
+        only_expert += pe[0] and not pb[0]
+        only_base += pb[0] and not pe[0]
+    n = len(diffs)
+    mean = sum(diffs) / max(n, 1)
+    var = sum((d - mean) ** 2 for d in diffs) / max(n - 1, 1)
+    return {"gold_prob_gain": mean, "gold_prob_gain_se": math.sqrt(var / max(n, 1)),
+            "only_expert_right": only_expert, "only_base_right": only_base}

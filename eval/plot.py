@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
+
+from asymmetry.atomic import atomic_path
 
 
 def plot_accuracy_by_expert(reports: list[dict], path: str | os.PathLike) -> Path:
@@ -36,13 +37,9 @@ def plot_accuracy_by_expert(reports: list[dict], path: str | os.PathLike) -> Pat
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:  # the suffix tells savefig the format
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return path

@@ -20,20 +20,26 @@ next-token distribution the sampler's CFG stage would draw from,
 ``s = 1`` is plain scoring; ``s > 1`` pushes towards options that the question makes more likely than they are a
 priori (it penalises options the model likes regardless of the question).
 
+Several experts of one base share a batch: ``adapter_names`` gives each question's adapter (peft's per-row
+``adapter_names``, ``__base__`` for the bare base), so ``expert compare`` scores an expert and its bare base in the
+same forwards and ``eval mc`` scores a routed mix of experts together. This is the one option scorer of the project.
+
 Dimension letters in shape comments: B questions in a batch, N option rows (all options of all questions),
 P prefix length (padded), L option length (padded), V vocabulary size.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from asymmetry.config import NORMALIZATIONS
 from asymmetry.errors import AsymmetryError
+from asymmetry.forward import forward_params, left_pad
 
 Normalize = Literal["none", "token", "char"]
-NORMALIZATIONS = ("none", "token", "char")
 DEFAULT_UNCONDITIONAL = "Answer:"
 
 
@@ -74,16 +80,8 @@ def _normalise(loglik: list[float], n_tokens: list[int], n_chars: list[int], nor
     return list(loglik)
 
 
-def _cache_kwarg(model: Any) -> str:
-    """The forward keyword that takes a KV cache: ``cache`` in recent transformers 5.x, ``past_key_values`` before."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper forwards kwargs
-    params = inspect.signature(base.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _option_logits(model: Any, tokenizer: Any, prefixes: Sequence[str], options: Sequence[Sequence[str]]):
+def _option_logits(model: Any, tokenizer: Any, prefixes: Sequence[str], options: Sequence[Sequence[str]],
+                   adapter_names: Sequence[str] | None = None):
     """Run the prefixes once (left-padded) and all options from the copied cache; return per-row logits.
 
     Returns ``(logits, targets, lengths, owner)``: ``logits`` (N, L, V) are the next-token logits that predict each
@@ -94,6 +92,7 @@ def _option_logits(model: Any, tokenizer: Any, prefixes: Sequence[str], options:
     from transformers import DynamicCache
 
     device = model.device
+    rows_kw = {}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     prefix_ids: list[list[int]] = []
     option_ids: list[list[int]] = []
@@ -111,20 +110,15 @@ def _option_logits(model: Any, tokenizer: Any, prefixes: Sequence[str], options:
             ids = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else pad_id]
         prefix_ids.append(ids)
 
-    B, P = len(prefix_ids), max(len(p) for p in prefix_ids)
-    p_tokens = torch.full((B, P), pad_id, dtype=torch.long)  # B P
-    p_mask = torch.zeros((B, P), dtype=torch.long)  # B P
-    for b, ids in enumerate(prefix_ids):
-        p_tokens[b, P - len(ids) :] = torch.tensor(ids)
-        p_mask[b, P - len(ids) :] = 1
-    p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)  # B P
-    p_tokens, p_mask, p_pos = p_tokens.to(device), p_mask.to(device), p_pos.to(device)
+    p_tokens, p_mask, p_pos = left_pad(prefix_ids, pad_id, device)  # B P each
+    if adapter_names is not None:
+        rows_kw = {"adapter_names": list(adapter_names)}  # B
 
     cache = DynamicCache(config=model.config)  # filled in place by the forward pass
-    kw = _cache_kwarg(model)
+    kw = forward_params(model)["cache"]
     out = model(
         input_ids=p_tokens, attention_mask=p_mask, position_ids=p_pos, use_cache=True, logits_to_keep=1,
-        **{kw: cache},
+        **{kw: cache}, **rows_kw,
     )
     last = out.logits[:, -1, :]  # B V  (predicts each option's first token)
 
@@ -142,9 +136,11 @@ def _option_logits(model: Any, tokenizer: Any, prefixes: Sequence[str], options:
     o_pos = start[:, None] + torch.arange(L, device=device)[None, :]  # N L
     mask = torch.cat([p_mask[idx], o_mask], dim=-1)  # N (P+L)
     if L > 1:
+        if adapter_names is not None:
+            rows_kw = {"adapter_names": [adapter_names[q] for q in owner]}  # N
         o_out = model(
             input_ids=o_tokens[:, :-1], attention_mask=mask[:, :-1], position_ids=o_pos[:, :-1], use_cache=True,
-            **{kw: cache},
+            **{kw: cache}, **rows_kw,
         )
         logits = torch.cat([last[idx][:, None, :], o_out.logits], dim=1)  # N L V
     else:  # every option is one token: the prefix pass already predicts it
@@ -171,29 +167,41 @@ def score_batch(
     normalize: Normalize = "none",
     cfg_scale: float = 1.0,
     unconditional_prefix: str | Sequence[str] = DEFAULT_UNCONDITIONAL,
+    adapter_names: Sequence[str] | None = None,
+    lock: Any = None,
 ) -> list[OptionScores]:
     """Score the options of several questions: one prefix pass and one option pass for the whole batch.
 
     ``prefixes[i]`` is question i's prompt (context + question); ``options[i]`` its option strings, each scored as a
     continuation of the prefix (include the leading space, e.g. ``" Paris"``). With ``cfg_scale != 1`` a second,
     unconditional pass over ``unconditional_prefix`` (one string or one per question) guides each token.
+    ``adapter_names[i]``: question i's adapter on a peft model (``__base__`` for the bare base). ``lock``: held
+    for the forwards (a pooled base's lock, when other requests share the model).
     """
+    _check_normalize(normalize)
+    if adapter_names is not None and len(adapter_names) != len(prefixes):
+        raise AsymmetryError(f"got {len(adapter_names)} adapter names for {len(prefixes)} questions: pass one each")
+    with lock if lock is not None else contextlib.nullcontext():
+        return _score_batch(model, tokenizer, prefixes, options, normalize, cfg_scale, unconditional_prefix,
+                            adapter_names)
+
+
+def _score_batch(model, tokenizer, prefixes, options, normalize, cfg_scale, unconditional_prefix, adapter_names):
     import torch
 
-    _check_normalize(normalize)
     if len(prefixes) != len(options):
         raise AsymmetryError(f"got {len(prefixes)} prefixes but {len(options)} option lists: pass one per question")
     if not prefixes:
         return []
     with torch.inference_mode():
-        logits, targets, lengths, owner = _option_logits(model, tokenizer, prefixes, options)
+        logits, targets, lengths, owner = _option_logits(model, tokenizer, prefixes, options, adapter_names)
         plain = None
         if cfg_scale != 1.0:
             plain = _token_logprobs(logits, targets, lengths).tolist()
             uncond = [unconditional_prefix] * len(prefixes) if isinstance(unconditional_prefix, str) else list(
                 unconditional_prefix
             )
-            u_logits, _, u_lengths, _ = _option_logits(model, tokenizer, uncond, options)
+            u_logits, _, u_lengths, _ = _option_logits(model, tokenizer, uncond, options, adapter_names)
             if not torch.equal(u_lengths, lengths):
                 raise AsymmetryError(
                     "an option tokenises differently after the unconditional prefix; end both prefixes the same way "

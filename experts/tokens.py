@@ -1,4 +1,5 @@
-"""Chat-template tokenization and left-padded batches, shared by training and option scoring.
+"""Chat-template tokenization and left-padded batches, shared by training and option scoring (the messages and
+their text come from :mod:`asymmetry.experts.prompts`).
 
 Dimension letters: B batch rows, T padded sequence length, K answer positions kept at the end, V vocabulary.
 
@@ -13,18 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-
-def with_system(messages: list[dict[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
-    """Prepend the expert's system prompt unless the conversation already has one."""
-    if system_prompt and (not messages or messages[0]["role"] != "system"):
-        return [{"role": "system", "content": system_prompt}, *messages]
-    return list(messages)
-
-
-def prompt_text(tokenizer, messages: list[dict[str, str]], template: str | None = None) -> str:
-    """The text the model sees before its reply: the chat template (or ``template``) with a generation prompt."""
-    kwargs = {"chat_template": template} if template else {}
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+from asymmetry.experts.prompts import render_prompt
+from asymmetry.forward import left_pad as left_pad_rows
 
 
 def encode_example(
@@ -32,9 +23,8 @@ def encode_example(
 ) -> tuple[list[int], int]:
     """Token ids of a conversation whose last message is the assistant's answer, and how many trailing tokens are
     the answer (its text plus the end-of-turn marker). Long prompts are cut from the left, keeping the answer."""
-    kwargs = {"chat_template": template} if template else {}
-    full = tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
-    prefix = prompt_text(tokenizer, messages[:-1], template)
+    full = render_prompt(tokenizer, messages, template, add_generation_prompt=False)
+    prefix = render_prompt(tokenizer, messages[:-1], template)
     if not full.startswith(prefix):  # templates that rewrite earlier turns: fall back to prefix + answer
         full = prefix + messages[-1]["content"] + (tokenizer.eos_token or "")
     p_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
@@ -54,18 +44,14 @@ class Batch:
 
 
 def left_pad(sequences: list[list[int]], answer_lengths: list[int], pad_id: int) -> Batch:
-    """Left-pad ``sequences``; ``labels`` marks each row's last ``answer_lengths[i]`` tokens."""
-    width = max(len(s) for s in sequences)
+    """Left-pad ``sequences`` (:func:`asymmetry.forward.left_pad`); ``labels`` marks each row's last
+    ``answer_lengths[i]`` tokens."""
+    ids, mask, position_ids = left_pad_rows(sequences, pad_id)  # (B, T) each
     keep = max(answer_lengths)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)  # (B, T)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)  # (B, T)
     labels = torch.full((len(sequences), keep), -100, dtype=torch.long)  # (B, K)
     for i, (seq, n) in enumerate(zip(sequences, answer_lengths)):
-        ids[i, width - len(seq):] = torch.tensor(seq)
-        mask[i, width - len(seq):] = 1
         if n:
             labels[i, keep - n:] = torch.tensor(seq[len(seq) - n:])
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
     return Batch(ids, mask, position_ids, labels, keep)
 
 

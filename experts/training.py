@@ -13,23 +13,33 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from asymmetry.experts.data import ChatExample
-from asymmetry.experts.tokens import answer_loss, encode_example, left_pad, with_system
+import torch
+from tqdm.auto import tqdm
 
-from asymmetry.errors import AsymmetryError
+from asymmetry.atomic import atomic_dir, atomic_path
+from asymmetry.errors import AsymmetryError, ConfigError
+from asymmetry.experts.base import LoadedBase, load_model
+from asymmetry.experts.config import BUILTIN_EXPERTS, adapters_package_dir
+from asymmetry.experts.data import DEFAULT_RECIPES, ChatExample, default_examples
+from asymmetry.experts.prompts import with_system
+from asymmetry.experts.tokens import answer_loss, encode_example, left_pad
 
 CARD_FILE = "asymmetry_card.json"
 CHECKPOINT_DIR = ".checkpoint"
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
+Encoded = list[tuple[list[int], int]]  # per example: token ids, and how many trailing ones are the answer
+
 
 @dataclass
-class TrainSettings:
+class AdapterTrainSettings:
+    """Settings of one LoRA training run (``asymmetry expert train``); the router's are ``RouterTrainSettings``."""
+
     rank: int = 8
     alpha: int = 16
     dropout: float = 0.05
@@ -46,8 +56,6 @@ class TrainSettings:
     top_layers: int | None = None  # LoRA only on the last N decoder layers (backward stops there: cheaper)
 
     def __post_init__(self):
-        from asymmetry.errors import ConfigError
-
         for name in ("rank", "alpha", "epochs", "batch_size", "max_length", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, getattr(self, name), "must be a positive integer")
@@ -73,31 +81,22 @@ class TrainResult:
     card: dict = field(default_factory=dict)
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    import torch
+@dataclass
+class _Run:
+    """The state of one training run: what a checkpoint saves and what ``resume=True`` restores."""
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    os.close(fd)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _eval_loss(model, encoded, pad_id: int, batch_size: int) -> float | None:
-    import torch
-
-    if not encoded:
-        return None
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(encoded), batch_size):
-            chunk = encoded[i:i + batch_size]
-            batch = left_pad([s for s, _ in chunk], [n for _, n in chunk], pad_id)
-            tokens = int((batch.labels != -100).sum())
-            total += float(answer_loss(model, batch)) * tokens
-            count += tokens
-    model.train()
-    return total / max(count, 1)
+    name: str
+    base_name: str
+    model: Any  # the PeftModel
+    params: list
+    optimizer: Any
+    scheduler: Any
+    total: int  # optimizer steps of the whole run
+    steps_per_epoch: int
+    n_examples: int
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    eval_before: float | None = None
 
 
 def train_adapter(
@@ -107,7 +106,7 @@ def train_adapter(
     *,
     base: str = "smollm2",
     system_prompt: str | None = None,
-    settings: TrainSettings | None = None,
+    settings: AdapterTrainSettings | None = None,
     data_description: str = "",
     resume: bool = False,
     progress: bool = True,
@@ -118,43 +117,74 @@ def train_adapter(
     ``stop_after`` trains at most that many steps in this call, saves a checkpoint and returns None: training in
     slices on a shared machine; continue with ``resume=True``.
     """
-    import torch
-    from asymmetry.experts.base import load_private_copy
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
-
-    s = settings or TrainSettings()
+    s = settings or AdapterTrainSettings()
     out_dir = Path(out_dir)
-    ckpt_dir = out_dir.parent / f"{out_dir.name}{CHECKPOINT_DIR}"
-    ckpt_file = ckpt_dir / "state.pt"
+    ckpt_file = _checkpoint_dir(out_dir) / "state.pt"
+    _check_inputs(name, examples, ckpt_file, resume)
+
+    started = time.perf_counter()
+    torch.manual_seed(s.seed)  # before the LoRA layers are built: their initial weights come from it
+    loaded = load_model(base)  # a fresh, unshared copy: peft injects LoRA layers into the model it wraps
+    pad_id = loaded.tokenizer.pad_token_id
+    train_enc, eval_enc = _encode_split(examples, loaded.tokenizer, system_prompt, s)
+    run = _start_run(name, loaded, s, n_train=len(train_enc), n_examples=len(examples))
+    if resume and ckpt_file.is_file():
+        _restore_checkpoint(run, ckpt_file)
+    resumed_from = run.step
+    if run.step == 0:
+        run.eval_before = _eval_loss(run.model, eval_enc, pad_id, s.batch_size)
+
+    if not _train_steps(run, train_enc, pad_id, s, ckpt_file, progress=progress, stop_after=stop_after):
+        return None  # stopped after ``stop_after`` steps, checkpoint saved
+
+    eval_after = _eval_loss(run.model, eval_enc, pad_id, s.batch_size)
+    train_loss = _recent_loss(run.losses)
+    card = _make_card(run, loaded, s, base=base, data_description=data_description, system_prompt=system_prompt,
+                      n_train=len(train_enc), n_eval=len(eval_enc), train_loss=train_loss, eval_after=eval_after)
+    _save_adapter(run, out_dir, card)
+    shutil.rmtree(ckpt_file.parent, ignore_errors=True)
+    return TrainResult(
+        adapter_dir=out_dir, steps=run.step, train_loss=train_loss, eval_loss=eval_after,
+        eval_loss_before=run.eval_before, seconds=time.perf_counter() - started, resumed_from=resumed_from, card=card,
+    )
+
+
+# --- the steps of train_adapter, in order -------------------------------------------------------------------------
+
+
+def _checkpoint_dir(out_dir: Path) -> Path:
+    """Where an interrupted run of ``out_dir`` keeps its state: a sibling folder ``<name>.checkpoint``."""
+    return out_dir.parent / f"{out_dir.name}{CHECKPOINT_DIR}"
+
+
+def _check_inputs(name: str, examples: list[ChatExample], ckpt_file: Path, resume: bool) -> None:
     if ckpt_file.is_file() and not resume:
         raise AsymmetryError(
-            f"an interrupted training run left a checkpoint in {ckpt_dir}: pass --resume to continue it, "
+            f"an interrupted training run left a checkpoint in {ckpt_file.parent}: pass --resume to continue it, "
             f"or delete that folder to start over"
         )
     if len(examples) < 2:
         raise AsymmetryError(f"expert {name!r}: need at least 2 training examples, got {len(examples)}")
 
-    started = time.perf_counter()
-    torch.manual_seed(s.seed)
-    loaded = load_private_copy(base)
-    tok = loaded.tokenizer
-    pad_id = tok.pad_token_id
 
-    rng = random.Random(s.seed)
+def _encode_split(examples: list[ChatExample], tokenizer, system_prompt: str | None,
+                  s: AdapterTrainSettings) -> tuple[Encoded, Encoded]:
+    """Shuffle with the run's seed, hold out an eval slice (``eval_size``, at most a fifth), tokenise both parts."""
     order = list(range(len(examples)))
-    rng.shuffle(order)
+    random.Random(s.seed).shuffle(order)
     n_eval = min(s.eval_size, len(examples) // 5)
     eval_idx, train_idx = order[:n_eval], order[n_eval:]
 
     def enc(i: int) -> tuple[list[int], int]:
-        return encode_example(tok, with_system(examples[i].messages, system_prompt), s.max_length)
+        return encode_example(tokenizer, with_system(examples[i].messages, system_prompt), s.max_length)
 
-    train_enc = [enc(i) for i in train_idx]
-    eval_enc = [enc(i) for i in eval_idx]
-    steps_per_epoch = max(1, math.ceil(len(train_enc) / s.batch_size))
-    total = s.max_steps or steps_per_epoch * s.epochs  # like transformers: max_steps overrides epochs
+    return [enc(i) for i in train_idx], [enc(i) for i in eval_idx]
+
+
+def _build_peft_model(loaded: LoadedBase, name: str, s: AdapterTrainSettings):
+    """The base wrapped with a fresh LoRA adapter ``name`` (on the last ``top_layers`` layers if set), in train mode."""
+    from peft import LoraConfig, get_peft_model
+
     n_layers = loaded.model.config.num_hidden_layers
     layers = list(range(max(0, n_layers - s.top_layers), n_layers)) if s.top_layers else None
     lora = LoraConfig(
@@ -166,112 +196,140 @@ def train_adapter(
     except ValueError as exc:
         raise AsymmetryError(f"cannot add LoRA to {loaded.name} ({exc}): pass --target-modules that exist in it")
     model.train()
+    return model
+
+
+def _start_run(name: str, loaded: LoadedBase, s: AdapterTrainSettings, *, n_train: int, n_examples: int) -> _Run:
+    """The peft model, AdamW over its trainable parameters and a linear warm-up/decay schedule, at step 0."""
+    from transformers import get_linear_schedule_with_warmup
+
+    steps_per_epoch = max(1, math.ceil(n_train / s.batch_size))
+    total = s.max_steps or steps_per_epoch * s.epochs  # like transformers: max_steps overrides epochs
+    model = _build_peft_model(loaded, name, s)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
     scheduler = get_linear_schedule_with_warmup(optimizer, min(s.warmup_steps, total // 10 + 1), total)
+    return _Run(name, loaded.name, model, params, optimizer, scheduler, total, steps_per_epoch, n_examples)
 
-    step, losses, eval_before = 0, [], None
-    if resume and ckpt_file.is_file():
-        state = torch.load(ckpt_file, weights_only=False)
-        if state["base"] != loaded.name or state["total"] != total or state["n_examples"] != len(examples):
-            raise AsymmetryError(
-                f"the checkpoint in {ckpt_dir} is from a different run (base {state['base']}, {state['total']} steps, "
-                f"{state['n_examples']} examples): rerun with the same data and settings, or delete that folder"
-            )
-        set_peft_model_state_dict(model, state["adapter"], adapter_name=name)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, losses, eval_before = state["step"], state["losses"], state["eval_before"]
-        torch.set_rng_state(state["torch_rng"])
-    resumed_from = step
-    if step == 0:
-        eval_before = _eval_loss(model, eval_enc, pad_id, s.batch_size)
 
-    def save_checkpoint() -> None:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_torch_save(
-            {
-                "adapter": get_peft_model_state_dict(model, adapter_name=name), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step": step, "losses": losses, "eval_before": eval_before,
-                "torch_rng": torch.get_rng_state(), "base": loaded.name, "total": total,
-                "n_examples": len(examples),
-            },
-            ckpt_file,
+def _save_checkpoint(run: _Run, ckpt_file: Path) -> None:
+    from peft import get_peft_model_state_dict
+
+    state = {
+        "adapter": get_peft_model_state_dict(run.model, adapter_name=run.name), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "step": run.step, "losses": run.losses,
+        "eval_before": run.eval_before, "torch_rng": torch.get_rng_state(), "base": run.base_name, "total": run.total,
+        "n_examples": run.n_examples,
+    }
+    with atomic_path(ckpt_file) as tmp:
+        torch.save(state, tmp)
+
+
+def _restore_checkpoint(run: _Run, ckpt_file: Path) -> None:
+    """Continue ``run`` from the checkpoint of an interrupted run with the same base, steps and data size."""
+    from peft import set_peft_model_state_dict
+
+    state = torch.load(ckpt_file, weights_only=False)
+    if state["base"] != run.base_name or state["total"] != run.total or state["n_examples"] != run.n_examples:
+        raise AsymmetryError(
+            f"the checkpoint in {ckpt_file.parent} is from a different run (base {state['base']}, {state['total']} "
+            f"steps, {state['n_examples']} examples): rerun with the same data and settings, or delete that folder"
         )
+    set_peft_model_state_dict(run.model, state["adapter"], adapter_name=run.name)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.step, run.losses, run.eval_before = state["step"], state["losses"], state["eval_before"]
+    torch.set_rng_state(state["torch_rng"])
 
-    bar = tqdm(total=total, initial=step, desc=f"train {name}", unit="step", disable=not progress)
-    budget = step + stop_after if stop_after else None
-    while step < total:
-        if budget is not None and step >= budget:
-            save_checkpoint()
+
+def _recent_loss(losses: list[float]) -> float:
+    """Mean training loss of the last 20 steps (what the progress bar shows and the card records)."""
+    return sum(losses[-20:]) / max(len(losses[-20:]), 1)
+
+
+def _train_steps(run: _Run, train_enc: Encoded, pad_id: int, s: AdapterTrainSettings, ckpt_file: Path, *,
+                 progress: bool, stop_after: int | None) -> bool:
+    """Optimizer steps until ``run.total`` (True), or until ``stop_after`` steps of this call (checkpoint saved,
+    False). Epoch ``e`` visits the examples in a fixed order drawn from ``seed * 1000 + e``, so a resumed run sees
+    the same batches as an uninterrupted one; a checkpoint is saved every ``checkpoint_every`` steps."""
+    bar = tqdm(total=run.total, initial=run.step, desc=f"train {run.name}", unit="step", disable=not progress)
+    budget = run.step + stop_after if stop_after else None
+    while run.step < run.total:
+        if budget is not None and run.step >= budget:
+            _save_checkpoint(run, ckpt_file)
             bar.close()
-            return None
-        epoch, pos = divmod(step, steps_per_epoch)
+            return False
+        epoch, pos = divmod(run.step, run.steps_per_epoch)
         perm = list(range(len(train_enc)))
         random.Random(s.seed * 1000 + epoch).shuffle(perm)
         chunk = [train_enc[j] for j in perm[pos * s.batch_size:(pos + 1) * s.batch_size]]
-        batch = left_pad([q for q, _ in chunk], [n for _, n in chunk], pad_id)
-        loss = answer_loss(model, batch)
+        batch = left_pad([q for q, _ in chunk], [n for _, n in chunk], pad_id)  # (B, T) ids, (B, K) labels
+        loss = answer_loss(run.model, batch)  # scalar
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        losses.append(float(loss.detach()))
-        recent = sum(losses[-20:]) / len(losses[-20:])
-        bar.set_postfix(loss=f"{recent:.3f}")
+        torch.nn.utils.clip_grad_norm_(run.params, 1.0)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.step += 1
+        run.losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{_recent_loss(run.losses):.3f}")
         bar.update(1)
-        if step % s.checkpoint_every == 0 and step < total:
-            save_checkpoint()
+        if run.step % s.checkpoint_every == 0 and run.step < run.total:
+            _save_checkpoint(run, ckpt_file)
     bar.close()
+    return True
 
-    eval_after = _eval_loss(model, eval_enc, pad_id, s.batch_size)
-    train_loss = sum(losses[-20:]) / max(len(losses[-20:]), 1)
-    card = {
-        "name": name,
+
+def _eval_loss(model, encoded: Encoded, pad_id: int, batch_size: int) -> float | None:
+    """Mean cross-entropy per answer token over ``encoded`` (None when there is nothing held out)."""
+    if not encoded:
+        return None
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(encoded), batch_size):
+            chunk = encoded[i:i + batch_size]
+            batch = left_pad([q for q, _ in chunk], [n for _, n in chunk], pad_id)  # (B, T) ids, (B, K) labels
+            tokens = int((batch.labels != -100).sum())
+            total += float(answer_loss(model, batch)) * tokens
+            count += tokens
+    model.train()
+    return total / max(count, 1)
+
+
+def _make_card(run: _Run, loaded: LoadedBase, s: AdapterTrainSettings, *, base: str, data_description: str,
+               system_prompt: str | None, n_train: int, n_eval: int, train_loss: float,
+               eval_after: float | None) -> dict:
+    return {
+        "name": run.name,
         "base": base,
         "base_model": loaded.name,
         "base_folder": loaded.path.name,
         "data": data_description,
-        "examples": len(train_enc),
-        "eval_examples": len(eval_enc),
-        "steps": step,
+        "examples": n_train,
+        "eval_examples": n_eval,
+        "steps": run.step,
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items()},
         "final_train_loss": round(train_loss, 4),
-        "eval_loss_before": None if eval_before is None else round(eval_before, 4),
+        "eval_loss_before": None if run.eval_before is None else round(run.eval_before, 4),
         "final_eval_loss": None if eval_after is None else round(eval_after, 4),
         "system_prompt": system_prompt,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    model.peft_config[name].base_model_name_or_path = loaded.name  # portable: the model's name, not a cache path
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; an adapter folder is meant to be shared
-    try:
-        model.save_pretrained(tmp, selected_adapters=[name])
-        # peft nests a non-"default" adapter in a sub-folder; keep the folder flat
-        if (tmp / name).is_dir():
-            for f in (tmp / name).iterdir():
-                os.replace(f, tmp / f.name)
-            (tmp / name).rmdir()
+
+
+def _save_adapter(run: _Run, out_dir: Path, card: dict) -> None:
+    """The adapter weights and config, ``asymmetry_card.json`` and ``README.md``, swapped in as one folder."""
+    run.model.peft_config[run.name].base_model_name_or_path = run.base_name  # portable: not a cache path
+    with atomic_dir(out_dir) as tmp:
+        run.model.save_pretrained(tmp, selected_adapters=[run.name])
+        nested = tmp / run.name  # peft nests a non-"default" adapter in a sub-folder; keep the folder flat
+        if nested.is_dir():
+            for f in nested.iterdir():
+                f.rename(tmp / f.name)
+            nested.rmdir()
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(_card_markdown(card), encoding="utf-8")
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}-old-{os.getpid()}"
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return TrainResult(
-        adapter_dir=out_dir, steps=step, train_loss=train_loss, eval_loss=eval_after, eval_loss_before=eval_before,
-        seconds=time.perf_counter() - started, resumed_from=resumed_from, card=card,
-    )
 
 
 def _card_markdown(card: dict) -> str:
@@ -303,14 +361,11 @@ def read_card(adapter_dir: str | Path) -> dict | None:
 def train_default(name: str, out_root: str | Path | None = None, *, resume: bool = False,
                   progress: bool = True) -> TrainResult:
     """Train one default expert (science, commonsense, scholar) from the shipped question sets, reproducibly."""
-    from asymmetry.experts.config import BUILTIN_EXPERTS, adapters_package_dir
-    from asymmetry.experts.data import DEFAULT_RECIPES, default_examples
-
     if name not in DEFAULT_RECIPES:
         raise AsymmetryError(f"no default recipe for {name!r}: choose from {', '.join(DEFAULT_RECIPES)}")
     recipe = DEFAULT_RECIPES[name]
     spec = next(e for e in BUILTIN_EXPERTS if e.name == name)
-    settings = TrainSettings(**recipe["settings"])
+    settings = AdapterTrainSettings(**recipe["settings"])
     desc = ", ".join(f"{d} {sp}" + (f" (first {n} shuffled)" if n else "") for d, sp, n in recipe["train"])
     return train_adapter(
         name, default_examples(name), Path(out_root or adapters_package_dir()) / name, base=recipe["base"],

@@ -8,16 +8,23 @@ Layout of an index folder::
     bm25/              the bm25s lexical index over the same passages
     .build/            work area: spec.json and shard-NNNNN.{npy,jsonl} (embedded passages, kept for rebuilds)
 
+:func:`build_index` builds (or resumes, or confirms up to date) one index; :func:`ensure_index` builds the configured
+index only when its folder holds none and returns the folder (what ``Retriever.open`` then reads: opening an index
+never builds one).
+
 The corpus is streamed and chunked deterministically, so shard ``i`` always holds the same passages. A shard is
 written atomically (vectors first, then passages; the ``.jsonl`` marks it finished). Rerunning an interrupted build
 skips finished shards and continues with the next one. The final files are assembled in ``.build/`` and only then
-moved in; an existing complete index stays usable until the new one replaces it.
+moved in; an existing complete index stays usable until the new one replaces it. The steps of a build
+(:func:`_build_locked`) each leave their result on disk: embed shards, stage the FAISS index, passage store and BM25
+index, swap them in, write the manifest.
 
 Shapes: N passages, D embedding dimensions, B a batch of passages.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -25,18 +32,23 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
+
+from asymmetry.atomic import atomic_path, atomic_write_json, atomic_write_text
+from asymmetry.embedder import Embedder, embedding_model_name
+from asymmetry.errors import AsymmetryError
 from asymmetry.index import manifest as mf
 from asymmetry.index.chunking import Chunk, ChunkingConfig, chunk_articles
-from asymmetry.index.corpus import open_corpus
-from asymmetry.index.embedding import embedding_model_name, load_embedder
+from asymmetry.index.config import IndexConfig
+from asymmetry.index.corpus import Corpus, open_corpus
 from asymmetry.index.faiss_index import choose_index_type, create_index
-
-from asymmetry.errors import AsymmetryError
+from asymmetry.index.lexical import LEXICAL_SPEC, bm25_tokenize
+from asymmetry.index.store import write_store
 
 log = logging.getLogger(__name__)
 
@@ -44,32 +56,22 @@ DEFAULT_SHARD_SIZE = 4096
 TRAIN_SAMPLE = 256 * 1024  # IVF-PQ training vectors (at most)
 
 
-def bm25_tokenize(texts: list[str], show_progress: bool = False, return_ids: bool = True):
-    """The one lexical tokenizer, shared by index build and retrieval (English stopwords, Snowball stemmer)."""
-    import bm25s
-    import Stemmer
-
-    return bm25s.tokenize(texts, stopwords="en", stemmer=Stemmer.Stemmer("english"),
-                          show_progress=show_progress, return_ids=return_ids)
-
-
-LEXICAL_SPEC = {"library": "bm25s", "stopwords": "en", "stemmer": "snowball-english", "method": "lucene"}
-
-
-def embed_passages(texts: list[str], model: str | None = None, batch_size: int = 64, progress=None) -> np.ndarray:
+def embed_passages(texts: list[str], embedder: Embedder, batch_size: int = 64, progress=None) -> np.ndarray:
     """Normalised float32 embeddings (N, D), longest-first in blocks so the progress bar moves while padding stays
     minimal (sentence-transformers sorts within each call; sorting the whole shard keeps that benefit)."""
-    embedder = load_embedder(model)
     order = np.argsort([-len(t) for t in texts], kind="stable")
-    out = np.empty((len(texts), embedder.get_embedding_dimension()), dtype=np.float32)  # (N, D)
+    out: np.ndarray | None = None  # (N, D), allocated once the first block shows D
     block = batch_size * 8
     for start in range(0, len(texts), block):
         idx = order[start : start + block]
-        vecs = embedder.encode([texts[i] for i in idx], batch_size=batch_size, normalize_embeddings=True,
-                               convert_to_numpy=True, show_progress_bar=False)  # (B, D)
+        vecs = embedder.encode([texts[i] for i in idx], batch_size=batch_size)  # (B, D)
+        if out is None:
+            out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)  # (N, D)
         out[idx] = vecs
         if progress is not None:
             progress.update(len(idx))
+    if out is None:
+        return np.empty((0, embedder.dimension), dtype=np.float32)  # (0, D)
     return out
 
 
@@ -78,16 +80,12 @@ def _shard_paths(work: Path, i: int) -> tuple[Path, Path]:
 
 
 def _save_shard(work: Path, i: int, chunks: list[Chunk], vectors: np.ndarray) -> None:
+    """Vectors first, then passages: a finished ``.jsonl`` marks a finished shard."""
     npy, jsonl = _shard_paths(work, i)
-    tmp = npy.with_name(npy.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, vectors)
-    os.replace(tmp, npy)
-    tmp = jsonl.with_name(jsonl.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps({"title": c.title, "text": c.text, "url": c.url, "metadata": c.metadata},
-                                ensure_ascii=False) + "\n" for c in chunks)
-    os.replace(tmp, jsonl)
+    with atomic_path(npy, suffix=".npy") as tmp:
+        np.save(tmp, vectors)  # (B, D)
+    atomic_write_text(jsonl, "".join(json.dumps({"title": c.title, "text": c.text, "url": c.url,
+                                                 "metadata": c.metadata}, ensure_ascii=False) + "\n" for c in chunks))
 
 
 def _shard_done(work: Path, i: int, expected: int) -> bool:
@@ -130,25 +128,63 @@ def build_index(
     index_params: dict | None = None,
     rebuild: bool = False,
     progress: bool = True,
+    *,
+    embedder: Embedder | None = None,
 ) -> mf.Manifest:
-    """Build (or resume, or confirm up to date) the index for ``corpus`` in ``index_dir``; returns its manifest."""
+    """Build (or resume, or confirm up to date) the index for ``corpus`` in ``index_dir``; returns its manifest.
+
+    ``embedder`` embeds the passages (default: a new :class:`Embedder` of ``embedding_model``, loaded only if a
+    shard needs embedding); when both are given they must name the same model.
+    """
+    embedder = _build_embedder(embedder, embedding_model)
     chunking = chunking or ChunkingConfig()
     root = mf.resolve_index_dir(index_dir)
     root.mkdir(parents=True, exist_ok=True)
     source = open_corpus(corpus)
-    model_name = embedding_model_name(embedding_model)
-    spec = build_spec(source.describe(), model_name, chunking, shard_size)
-
+    spec = build_spec(source.describe(), embedder.name, chunking, shard_size)
+    job = _Job(source, root, spec, embedder, index_type, index_params, batch_size, shard_size, chunking, rebuild,
+               progress)
     with _build_lock(root):
-        return _build_locked(source, root, spec, model_name, index_type, embedding_model, batch_size, shard_size,
-                             chunking, index_params, rebuild, progress)
+        return _build_locked(job)
+
+
+def ensure_index(config=None, *, embedder: Embedder | None = None, progress: bool = True) -> Path:
+    """The folder of the configured index (``config``: a whole ``Config``, an :class:`IndexConfig` or None for the
+    default index), built first, with a progress bar, when it holds no complete index. An index that is there is
+    returned as it is (``Retriever.open`` checks it)."""
+    icfg = _index_config(config)
+    root = mf.resolve_index_dir(icfg.index_dir)
+    if mf.read_manifest(root) is None:
+        log.warning("building the index in %s (first use)", root)
+        build_index(icfg.corpus, root, icfg.index_type, icfg.embedding_model, icfg.batch_size, icfg.shard_size,
+                    icfg.chunking(), progress=progress, embedder=embedder)
+    return root
+
+
+def _index_config(config) -> IndexConfig:
+    if config is None:
+        return IndexConfig()
+    if isinstance(config, IndexConfig):
+        return config
+    if isinstance(getattr(config, "index", None), IndexConfig):  # the whole asymmetry Config
+        return config.index
+    raise TypeError(f"config must be a Config or IndexConfig, not {type(config).__name__}")
+
+
+def _build_embedder(embedder: Embedder | None, embedding_model: str | None) -> Embedder:
+    if embedder is None:
+        return Embedder(embedding_model)
+    if embedding_model is not None and embedding_model_name(embedding_model) != embedder.name:
+        raise AsymmetryError(
+            f"the embedder passed to build_index is {embedder.name!r} but embedding_model asks for "
+            f"{embedding_model_name(embedding_model)!r}: pass an Embedder of that model or leave embedding_model unset"
+        )
+    return embedder
 
 
 @contextmanager
 def _build_lock(root: Path):
     """One build per index folder at a time (another process waits, then finds the index up to date)."""
-    import fcntl
-
     (root / mf.WORK_DIR).mkdir(exist_ok=True)
     with open(root / mf.WORK_DIR / "lock", "w") as fh:
         try:
@@ -162,25 +198,81 @@ def _build_lock(root: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _build_locked(source, root: Path, spec: dict, model_name: str, index_type: str, embedding_model, batch_size: int,
-                  shard_size: int, chunking: ChunkingConfig, index_params, rebuild: bool, progress: bool):
-    from tqdm.auto import tqdm
+# ------------------------------------------------------------------------------------------------ the build steps
+@dataclass
+class _Job:
+    """One build's inputs."""
 
-    existing = mf.read_manifest(root)
-    if existing is not None and not rebuild:
-        same = existing.build == spec and index_type in ("auto", existing.index_type) and not index_params
-        if same:
-            log.info("index in %s is up to date", root)
-            return existing
-        raise AsymmetryError(
-            f"{root} already holds a complete index ({existing.index_type}, {existing.passage_count} passages of "
-            f"{existing.corpus.get('source')}, embedded with {existing.embedding_model}) that differs from this "
-            "build: pass --rebuild to replace it (it stays usable until the new one is complete) or choose another "
-            "--index-dir"
-        )
+    source: Corpus
+    root: Path
+    spec: dict
+    embedder: Embedder
+    index_type: str
+    index_params: dict | None
+    batch_size: int
+    shard_size: int
+    chunking: ChunkingConfig
+    rebuild: bool
+    progress: bool
 
-    work = root / mf.WORK_DIR
+    @property
+    def work(self) -> Path:
+        return self.root / mf.WORK_DIR
+
+
+@dataclass
+class _Shards:
+    """What step 1 left in the work area: ``count`` shards holding ``passages`` passages of ``articles`` articles."""
+
+    count: int = 0
+    passages: int = 0
+    articles: int = 0
+
+
+@dataclass
+class _Staged:
+    """What step 2 left in ``folder``: the files ``names`` of a ``kind`` index of dimension ``dim``."""
+
+    folder: Path
+    kind: str
+    params: dict
+    dim: int
+    names: list[str] = field(default_factory=list)
+
+
+def _build_locked(job: _Job) -> mf.Manifest:
+    """The build, under the folder's lock. Every step leaves its result on disk, so a killed build resumes."""
+    existing = _existing_index(job)
+    if existing is not None:
+        return existing
+    _prepare_work_area(job.work, job.spec)
+    shards = _embed_shards(job)  # 1. stream, chunk and embed shard by shard (finished shards are skipped)
+    staged = _stage_files(job, shards)  # 2. the FAISS index, the passage store and the BM25 index, in .build/
+    _swap_in(job.root, staged)  # 3. moved into the folder: the old manifest goes first
+    return _write_manifest(job, shards, staged)  # 4. the new manifest last: it marks the index complete
+
+
+def _existing_index(job: _Job) -> mf.Manifest | None:
+    """The folder's complete index when it is this build's (up to date); an error when it is another build's."""
+    existing = mf.read_manifest(job.root)
+    if existing is None or job.rebuild:
+        return None
+    if existing.build == job.spec and job.index_type in ("auto", existing.index_type) and not job.index_params:
+        log.info("index in %s is up to date", job.root)
+        return existing
+    raise AsymmetryError(
+        f"{job.root} already holds a complete index ({existing.index_type}, {existing.passage_count} passages of "
+        f"{existing.corpus.get('source')}, embedded with {existing.embedding_model}) that differs from this "
+        "build: pass --rebuild to replace it (it stays usable until the new one is complete) or choose another "
+        "--index-dir"
+    )
+
+
+def _prepare_work_area(work: Path, spec: dict) -> None:
+    """Keep the shards of this build (a resume), discard those of another, and record the spec."""
     work.mkdir(exist_ok=True)
+    for leftover in [*work.glob(".shard-*"), *work.glob(".spec.json-*")]:  # temp files of a killed write
+        leftover.unlink(missing_ok=True)
     spec_path = work / "spec.json"
     if spec_path.is_file():
         try:
@@ -191,88 +283,100 @@ def _build_locked(source, root: Path, spec: dict, model_name: str, index_type: s
             log.warning("discarding embedding shards of a different build in %s", work)
             for f in work.glob("shard-*"):
                 f.unlink()
-    tmp = spec_path.with_name("spec.json.tmp")
-    tmp.write_text(json.dumps(spec, indent=2), encoding="utf-8")
-    os.replace(tmp, spec_path)
+    atomic_write_json(spec_path, spec, indent=2)
 
-    # 1. stream, chunk and embed shard by shard (finished shards are skipped)
-    n_passages = n_articles = n_shards = resumed = 0
+
+def _embed_shards(job: _Job) -> _Shards:
+    """Step 1: stream the corpus, chunk it and embed it into ``shard-NNNNN.{npy,jsonl}``, skipping finished shards."""
+    shards = _Shards()
+    resumed = embedded = 0
     started = time.perf_counter()
-    embedded = 0
 
     def counted_articles():
-        nonlocal n_articles
-        for a in source:
-            n_articles += 1
+        for a in job.source:
+            shards.articles += 1
             yield a
 
-    bar = tqdm(desc=f"embedding {source.source}", unit=" passages", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(desc=f"embedding {job.source.source}", unit=" passages", disable=not job.progress, dynamic_ncols=True)
     try:
-        for i, chunks in enumerate(_batched(chunk_articles(counted_articles(), chunking), shard_size)):
-            n_shards += 1
-            n_passages += len(chunks)
-            if _shard_done(work, i, len(chunks)):
+        for i, chunks in enumerate(_batched(chunk_articles(counted_articles(), job.chunking), job.shard_size)):
+            shards.count += 1
+            shards.passages += len(chunks)
+            if _shard_done(job.work, i, len(chunks)):
                 resumed += 1
                 bar.set_postfix_str(f"shard {i}: done earlier, skipped")
                 continue
-            vectors = embed_passages([c.indexed_text for c in chunks], embedding_model, batch_size, bar)  # (B, D)
+            vectors = embed_passages([c.indexed_text for c in chunks], job.embedder, job.batch_size, bar)  # (B, D)
             embedded += len(chunks)
-            _save_shard(work, i, chunks, vectors)
+            _save_shard(job.work, i, chunks, vectors)
             bar.set_postfix_str(f"shard {i} saved")
     finally:
         bar.close()
-    if n_passages == 0:
+    if shards.passages == 0:
         raise AsymmetryError(
-            f"corpus {source.source} yielded no passages ({n_articles} articles with text): pass a corpus with "
-            "non-empty articles (JSONL/Parquet need title and text; dumps need main-namespace pages)"
+            f"corpus {job.source.source} yielded no passages ({shards.articles} articles with text): pass a corpus "
+            "with non-empty articles (JSONL/Parquet need title and text; dumps need main-namespace pages)"
         )
     secs = time.perf_counter() - started
     if resumed:
-        log.warning("resumed: %d of %d shards were already embedded", resumed, n_shards)
+        log.warning("resumed: %d of %d shards were already embedded", resumed, shards.count)
     log.info("embedded %d passages in %.1fs (%.0f passages/s)", embedded, secs, embedded / max(secs, 1e-9))
+    return shards
 
-    # 2. assemble the FAISS index, the passage store and the lexical index in the work area
-    dim = int(np.load(_shard_paths(work, 0)[0], mmap_mode="r").shape[1])
-    kind = choose_index_type(n_passages, index_type)
-    train = _training_sample(work, n_shards, n_passages) if kind == "ivfpq" else None
-    index, params = create_index(kind, dim, n_passages, index_params, train)
-    for i in tqdm(range(n_shards), desc=f"adding to {kind} index", unit=" shards", disable=not progress):
-        index.add(np.ascontiguousarray(np.load(_shard_paths(work, i)[0]), dtype=np.float32))  # (B, D)
-    import faiss
 
-    staged = work / "staged"
-    if staged.exists():
-        shutil.rmtree(staged)
-    staged.mkdir()
-    faiss.write_index(index, str(staged / mf.FAISS_NAME))
-    del index
-    names = [mf.FAISS_NAME, mf.STORE_NAME, mf.BM25_DIR]
+def _stage_files(job: _Job, shards: _Shards) -> _Staged:
+    """Step 2: write the index files into ``.build/staged`` (the folder's current index stays usable meanwhile)."""
+    folder = job.work / "staged"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir()
+    kind, params, dim = _write_faiss(job, shards, folder / mf.FAISS_NAME)
+    staged = _Staged(folder, kind, params, dim, [mf.FAISS_NAME, mf.STORE_NAME, mf.BM25_DIR])
     if kind == "ivfpq" and params.get("refine"):
-        _write_vectors(work, n_shards, n_passages, dim, staged / mf.VECTORS_NAME)
-        names.append(mf.VECTORS_NAME)
+        _write_vectors(job.work, shards.count, shards.passages, dim, folder / mf.VECTORS_NAME)
+        staged.names.append(mf.VECTORS_NAME)
+    write_store(folder / mf.STORE_NAME, _shard_rows(job.work, shards.count))
+    _build_bm25(job.work, shards.count, folder / mf.BM25_DIR, job.progress)
+    return staged
 
-    from asymmetry.index.store import write_store
 
-    write_store(staged / mf.STORE_NAME, _shard_rows(work, n_shards))
-    _build_bm25(work, n_shards, staged / mf.BM25_DIR, progress)
+def _write_faiss(job: _Job, shards: _Shards, out: Path) -> tuple[str, dict, int]:
+    """The FAISS index over every shard's vectors, written to ``out``; returns (index type, params, D)."""
+    import faiss  # heavy: only when an index is assembled
 
-    # 3. swap in: the old manifest goes first (the folder is incomplete while files move), the new one last
+    dim = int(np.load(_shard_paths(job.work, 0)[0], mmap_mode="r").shape[1])
+    kind = choose_index_type(shards.passages, job.index_type)
+    train = _training_sample(job.work, shards.count, shards.passages) if kind == "ivfpq" else None  # (T, D)
+    index, params = create_index(kind, dim, shards.passages, job.index_params, train)
+    for i in tqdm(range(shards.count), desc=f"adding to {kind} index", unit=" shards", disable=not job.progress):
+        index.add(np.ascontiguousarray(np.load(_shard_paths(job.work, i)[0]), dtype=np.float32))  # (B, D)
+    faiss.write_index(index, str(out))
+    return kind, params, dim
+
+
+def _swap_in(root: Path, staged: _Staged) -> None:
+    """Step 3: move the staged files into the folder (renames of finished files). The old manifest goes first, so
+    the folder reads as incomplete while files move."""
     (root / mf.MANIFEST_NAME).unlink(missing_ok=True)
     (root / mf.VECTORS_NAME).unlink(missing_ok=True)  # a previous IVF-PQ build's vectors
-    for name in names:
+    for name in staged.names:
         target = root / name
         if target.is_dir():
             shutil.rmtree(target)
-        os.replace(staged / name, target)
-    staged.rmdir()
+        os.replace(staged.folder / name, target)
+    staged.folder.rmdir()
+
+
+def _write_manifest(job: _Job, shards: _Shards, staged: _Staged) -> mf.Manifest:
+    """Step 4: the manifest, written last (atomically): its presence marks a complete index."""
     manifest = mf.Manifest(
-        format_version=mf.FORMAT_VERSION, embedding_model=model_name, embedding_dim=dim, index_type=kind,
-        index_params=params, passage_count=n_passages, article_count=n_articles, corpus=source.describe(),
-        chunking=asdict(chunking), lexical=LEXICAL_SPEC, build=spec,
-        files=mf.file_entries(root, names),
+        format_version=mf.FORMAT_VERSION, embedding_model=job.embedder.name, embedding_dim=staged.dim,
+        index_type=staged.kind, index_params=staged.params, passage_count=shards.passages,
+        article_count=shards.articles, corpus=job.source.describe(), chunking=asdict(job.chunking),
+        lexical=LEXICAL_SPEC, build=job.spec, files=mf.file_entries(job.root, staged.names),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    mf.write_manifest(root, manifest)
+    mf.write_manifest(job.root, manifest)
     return manifest
 
 
@@ -310,7 +414,7 @@ def _training_sample(work: Path, n_shards: int, n: int) -> np.ndarray:
 
 
 def _build_bm25(work: Path, n_shards: int, out: Path, progress: bool) -> None:
-    import bm25s
+    import bm25s  # heavy: only when a lexical index is built
 
     texts = []
     for i in range(n_shards):

@@ -11,9 +11,8 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from asymmetry.index.corpus import Article
-
 from asymmetry.errors import ConfigError
+from asymmetry.index.corpus import Article
 
 # A sentence ends at . ! ? (optionally followed by a closing quote/bracket) and whitespace before an upper-case
 # letter, a digit or an opening quote; common abbreviations and initials do not end a sentence.

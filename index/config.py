@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from asymmetry.errors import ConfigError
+from asymmetry.index.chunking import ChunkingConfig
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq")
 
@@ -31,8 +32,6 @@ class IndexConfig:
                 raise ConfigError(f"index.{name}", value, "use a positive integer such as 64")
         self.chunking()  # validates the chunk sizes
 
-    def chunking(self):
-        from asymmetry.index.chunking import ChunkingConfig
-
+    def chunking(self) -> ChunkingConfig:
         return ChunkingConfig(self.chunk_target_words, self.chunk_max_words, self.chunk_min_words,
                               self.chunk_overlap_words)

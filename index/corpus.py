@@ -7,6 +7,7 @@ suffixes it handles, and a duplicate name or suffix is rejected when this module
 from __future__ import annotations
 
 import bz2
+import gzip
 import hashlib
 import json
 import os
@@ -85,8 +86,6 @@ def read_default(path: Path) -> Iterator[Article]:
 # ------------------------------------------------------------------------------------------------------------ JSONL
 @register_reader("jsonl", (".jsonl", ".jsonl.gz"), "one JSON object per line with title, text[, url, metadata]")
 def read_jsonl(path: Path) -> Iterator[Article]:
-    import gzip
-
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):

@@ -8,10 +8,10 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from asymmetry.index.corpus import file_sha256
-
 from asymmetry import defaults
+from asymmetry.atomic import atomic_write_text
 from asymmetry.errors import AsymmetryError
+from asymmetry.index.corpus import file_sha256
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -61,9 +61,7 @@ def file_entries(root: Path, relpaths: list[str]) -> dict:
 
 
 def write_manifest(index_dir: Path, manifest: Manifest) -> None:
-    tmp = index_dir / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(manifest.to_json(), encoding="utf-8")
-    os.replace(tmp, index_dir / MANIFEST_NAME)
+    atomic_write_text(index_dir / MANIFEST_NAME, manifest.to_json())
 
 
 def read_manifest(index_dir: Path) -> Manifest | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -12,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
+from asymmetry.atomic import atomic_path
 from asymmetry.errors import AsymmetryError
+from asymmetry.index.dedup import minhash
 
 SCHEMA = (
     "CREATE TABLE passages (id INTEGER PRIMARY KEY, title TEXT NOT NULL, text TEXT NOT NULL, url TEXT, meta TEXT, "
-    "sig BLOB)"  # sig: MinHash signature for near-duplicate removal (asymmetry.retrieval.dedup)
+    "sig BLOB)"  # sig: MinHash signature for near-duplicate removal (asymmetry.index.dedup)
 )
 
 
@@ -33,27 +34,23 @@ class StoredPassage:
 def write_store(path: Path, rows: Iterable[tuple[int, str, str, str, dict]]) -> int:
     """Write ``(id, title, text, url, metadata)`` rows to a new store at ``path`` (atomically), with each text's
     MinHash signature. Returns the count."""
-    from asymmetry.retrieval.dedup import minhash
-
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    con = sqlite3.connect(tmp)
     count = 0
-    try:
-        con.execute(SCHEMA)
-        batch = []
-        for pid, title, text, url, meta in rows:
-            batch.append((pid, title, text, url, json.dumps(meta, ensure_ascii=False), minhash(text).tobytes()))
-            if len(batch) >= 10_000:
-                con.executemany("INSERT INTO passages VALUES (?, ?, ?, ?, ?, ?)", batch)
-                count += len(batch)
-                batch.clear()
-        con.executemany("INSERT INTO passages VALUES (?, ?, ?, ?, ?, ?)", batch)
-        count += len(batch)
-        con.commit()
-    finally:
-        con.close()
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".sqlite") as tmp:
+        con = sqlite3.connect(tmp)
+        try:
+            con.execute(SCHEMA)
+            batch = []
+            for pid, title, text, url, meta in rows:
+                batch.append((pid, title, text, url, json.dumps(meta, ensure_ascii=False), minhash(text).tobytes()))
+                if len(batch) >= 10_000:
+                    con.executemany("INSERT INTO passages VALUES (?, ?, ?, ?, ?, ?)", batch)
+                    count += len(batch)
+                    batch.clear()
+            con.executemany("INSERT INTO passages VALUES (?, ?, ?, ?, ?, ?)", batch)
+            count += len(batch)
+            con.commit()
+        finally:
+            con.close()
     return count
 
 

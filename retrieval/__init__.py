@@ -1,10 +1,19 @@
 """Online retrieval: dense FAISS, BM25 and hybrid (RRF) search, near-duplicate removal, context packing and a
-langchain-core retriever. ``from asymmetry.retrieval import Retriever, Passage, pack_passages``."""
+langchain-core retriever.
+
+    from asymmetry.retrieval import Retriever, pack_passages
+    retriever = Retriever.open(index_dir, config=config, embedder=embedder)  # opens a built index, never builds
+    passages = retriever.search(question, k=5, query_embedding=embedding)
+
+Exports :class:`Retriever`, :class:`Passage`, :class:`RetrievalConfig`, :func:`pack_passages`,
+:func:`format_passage`, :func:`reciprocal_rank_fusion`, :func:`remove_near_duplicates` and (imported on first
+access, as it loads langchain-core) :class:`WikipediaRetriever`.
+"""
 
 from __future__ import annotations
 
 from asymmetry.retrieval.config import RetrievalConfig
-from asymmetry.retrieval.packing import pack_passages
+from asymmetry.retrieval.packing import format_passage, pack_passages
 from asymmetry.retrieval.retriever import Passage, Retriever, reciprocal_rank_fusion, remove_near_duplicates
 
 __all__ = [
@@ -12,6 +21,7 @@ __all__ = [
     "RetrievalConfig",
     "Retriever",
     "WikipediaRetriever",
+    "format_passage",
     "pack_passages",
     "reciprocal_rank_fusion",
     "remove_near_duplicates",

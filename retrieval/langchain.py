@@ -9,10 +9,15 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, PrivateAttr
 
+from asymmetry.embedder import Embedder
+from asymmetry.index.build import ensure_index
+from asymmetry.retrieval.retriever import Retriever
+
 
 class WikipediaRetriever(BaseRetriever):
     """``WikipediaRetriever(index_dir=None, k=5, mode="hybrid").invoke("question")`` (``k`` may also be passed to
-    ``invoke``). ``index_dir=None`` uses the default index, built on first use."""
+    ``invoke``). ``index_dir=None`` uses the default index, built on first use. ``retriever`` (an open
+    :class:`Retriever`) or ``embedder`` (a shared :class:`Embedder`) may be passed in."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -20,17 +25,18 @@ class WikipediaRetriever(BaseRetriever):
     k: int = 5
     mode: str = "hybrid"
     _retriever: Any = PrivateAttr(default=None)
+    _embedder: Any = PrivateAttr(default=None)
 
-    def __init__(self, retriever: Any = None, **kwargs: Any):
+    def __init__(self, retriever: Retriever | None = None, embedder: Embedder | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self._retriever = retriever
+        self._embedder = embedder
 
     @property
-    def retriever(self):
+    def retriever(self) -> Retriever:
         if self._retriever is None:
-            from asymmetry.retrieval.retriever import Retriever
-
-            self._retriever = Retriever.open(self.index_dir)
+            index_dir = self.index_dir or ensure_index(embedder=self._embedder)
+            self._retriever = Retriever.open(index_dir, embedder=self._embedder)
         return self._retriever
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,

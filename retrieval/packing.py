@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from asymmetry.retrieval.retriever import Passage
-
 from asymmetry.errors import AsymmetryError
+from asymmetry.retrieval.retriever import Passage
 
 
 def format_passage(number: int, passage: Passage) -> str:

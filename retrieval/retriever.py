@@ -1,27 +1,31 @@
 """Online retrieval over a built index folder: dense FAISS search, BM25 (bm25s) and reciprocal-rank fusion.
 
-``Retriever.open(index_dir)`` verifies the manifest (files, sizes, checksums, embedding model) once;
-``search(query, k, mode, query_embedding=None)`` returns :class:`Passage` objects, near-duplicates removed.
-The router and the retriever share one query embedding: pass it as ``query_embedding`` (shape (D,) or (1, D)).
+``Retriever.open(index_dir, config=..., embedder=...)`` verifies the manifest (files, sizes, checksums, embedding
+model) once; it opens an index and never builds one (``asymmetry.index.ensure_index`` does, ``asymmetry index build``
+from the shell). ``search(query, k, mode, query_embedding=None)`` returns :class:`Passage` objects, near-duplicates
+removed. The router and the retriever share one query embedding: pass it as ``query_embedding`` (shape (D,) or
+(1, D)); without it the retriever embeds the query with its :class:`~asymmetry.embedder.Embedder`.
 
 Shapes: Q queries (always 1 here), D embedding dimensions, C candidates.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from asymmetry.retrieval.config import MODES, RetrievalConfig
-from asymmetry.retrieval.dedup import NUM_HASHES, is_near_duplicate, minhash
 
+from asymmetry.embedder import Embedder, embedding_model_name
 from asymmetry.errors import AsymmetryError
-
-log = logging.getLogger(__name__)
+from asymmetry.index import manifest as mf
+from asymmetry.index.dedup import NUM_HASHES, is_near_duplicate, minhash
+from asymmetry.index.faiss_index import apply_search_params, rerank
+from asymmetry.index.lexical import bm25_tokenize
+from asymmetry.index.store import PassageStore
+from asymmetry.retrieval.config import MODES, RetrievalConfig
 
 
 @dataclass
@@ -76,8 +80,9 @@ def _as_retrieval_config(config) -> tuple[RetrievalConfig, object | None]:
 class Retriever:
     """Dense + lexical + hybrid search over one index folder (see :mod:`asymmetry.index.build`)."""
 
-    def __init__(self, index_dir: Path, manifest, index, store, bm25, config: RetrievalConfig,
-                 vectors: np.ndarray | None = None, refine: int = 0):
+    def __init__(self, index_dir: Path, manifest: mf.Manifest, index, store: PassageStore, bm25,
+                 config: RetrievalConfig, vectors: np.ndarray | None = None, refine: int = 0,
+                 embedder: Embedder | None = None):
         self.index_dir = index_dir
         self.manifest = manifest
         self.index = index
@@ -86,44 +91,38 @@ class Retriever:
         self.config = config
         self.vectors = vectors  # (N, D) memory map for IVF-PQ re-ranking, or None
         self.refine = refine if vectors is not None else 0
+        self._embedder = embedder  # None: made from the manifest's model when a query is first embedded
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------------- opening
     @classmethod
-    def open(cls, index_dir: str | os.PathLike | None = None, config=None) -> Retriever:
-        """Open a built index; with ``index_dir=None`` the default index (built on first use, with a progress bar).
+    def open(cls, index_dir: str | os.PathLike | None = None, *, config=None,
+             embedder: Embedder | None = None) -> Retriever:
+        """Open a built index: ``index_dir``, else the config's ``index.index_dir``, else the default index.
 
         ``config`` is the assistant's ``Config`` (its ``index.embedding_model`` must match the index) or a
-        ``RetrievalConfig``.
+        ``RetrievalConfig``. ``embedder`` embeds queries given as text (it must be the index's model); by default
+        the retriever makes its own when it first needs one. A folder without a complete index is an error: build it
+        with ``asymmetry index build`` or ``asymmetry.index.ensure_index`` first.
         """
-        import faiss
-        from asymmetry.index import manifest as mf
-        from asymmetry.index.embedding import embedding_model_name
-        from asymmetry.index.faiss_index import apply_search_params
-        from asymmetry.index.store import PassageStore
+        import faiss  # heavy: only when an index is opened
 
         rcfg, icfg = _as_retrieval_config(config)
         if index_dir is None and icfg is not None and icfg.index_dir:
             index_dir = icfg.index_dir
         root = mf.resolve_index_dir(index_dir)
-        if index_dir is None and mf.read_manifest(root) is None:
-            from asymmetry.index.build import build_index
-
-            log.warning("building the default index in %s (first use)", root)
-            kwargs = {}
-            if icfg is not None:
-                kwargs = {"corpus": icfg.corpus, "index_type": icfg.index_type,
-                          "embedding_model": icfg.embedding_model, "batch_size": icfg.batch_size}
-            build_index(index_dir=root, **kwargs)
+        if mf.read_manifest(root) is None:
+            raise AsymmetryError(
+                f"{root} holds no complete index (no {mf.MANIFEST_NAME}): build it with asymmetry index build "
+                f"--index-dir {root} (from Python: asymmetry.index.ensure_index(config) builds the configured index)"
+            )
         manifest = mf.load_manifest(root, verify=rcfg.verify_checksums)
         if icfg is not None:
-            wanted = embedding_model_name(icfg.embedding_model)
-            if wanted != manifest.embedding_model:
-                raise AsymmetryError(
-                    f"index {root} was built with the embedding model {manifest.embedding_model!r} but the config asks "
-                    f"for {wanted!r}: rebuild it with asymmetry index build --index-dir {root} --rebuild, or set "
-                    "index.embedding_model to the index's model"
-                )
+            _check_model(root, manifest, embedding_model_name(icfg.embedding_model), "the config asks for",
+                         "or set index.embedding_model to the index's model")
+        if embedder is not None:
+            _check_model(root, manifest, embedder.name, "the embedder passed to Retriever.open is",
+                         f"or pass an Embedder of {manifest.embedding_model!r}")
         try:
             index = faiss.read_index(str(root / mf.FAISS_NAME))
         except RuntimeError as exc:
@@ -145,42 +144,24 @@ class Retriever:
         if rcfg.refine is not None:
             params["refine"] = rcfg.refine
         apply_search_params(index, manifest.index_type, params)
-        vectors = None
         refine = int(params.get("refine") or 0) if manifest.index_type == "ivfpq" else 0
-        if refine:
-            path = root / mf.VECTORS_NAME
-            if not path.is_file():
-                raise AsymmetryError(
-                    f"index {root} re-ranks IVF-PQ candidates but {path.name} is missing: rebuild with asymmetry "
-                    f"index build --index-dir {root} --rebuild, or set retrieval.refine = 0"
-                )
-            vectors = np.load(path, mmap_mode="r")  # (N, D), read-only memory map
-            if vectors.shape != (manifest.passage_count, manifest.embedding_dim):
-                raise AsymmetryError(
-                    f"{path} holds {vectors.shape} vectors, the manifest says ({manifest.passage_count}, "
-                    f"{manifest.embedding_dim}): rebuild with asymmetry index build --index-dir {root} --rebuild"
-                )
+        vectors = _open_vectors(root, manifest) if refine else None  # (N, D)
         store = PassageStore(root / mf.STORE_NAME)
-        bm25 = None
-        if (root / mf.BM25_DIR).is_dir():
-            import bm25s
-
-            try:
-                bm25 = bm25s.BM25.load(str(root / mf.BM25_DIR), mmap=True)
-            except (OSError, ValueError) as exc:
-                raise AsymmetryError(
-                    f"lexical index {root / mf.BM25_DIR} is damaged ({exc}): rebuild with asymmetry index build "
-                    f"--index-dir {root} --rebuild"
-                ) from exc
-        return cls(root, manifest, index, store, bm25, rcfg, vectors, refine)
+        bm25 = _open_bm25(root) if (root / mf.BM25_DIR).is_dir() else None
+        return cls(root, manifest, index, store, bm25, rcfg, vectors, refine, embedder)
 
     # ----------------------------------------------------------------------------------------------- searching
+    @property
+    def embedder(self) -> Embedder:
+        """The query embedder: the one passed to :meth:`open`, else one of the index's embedding model."""
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = Embedder(self.manifest.embedding_model)
+            return self._embedder
+
     def embed_query(self, query: str) -> np.ndarray:
         """The normalised query embedding (D,) with the index's embedding model."""
-        from asymmetry.index.embedding import embed
-
-        model = None if self.manifest.embedding_model == _default_name() else self.manifest.embedding_model
-        return embed([query], model=model)[0]  # (D,)
+        return self.embedder.encode([query])[0]  # (D,)
 
     def search(self, query: str, k: int | None = None, mode: str | None = None,
                query_embedding: np.ndarray | None = None) -> list[Passage]:
@@ -239,8 +220,6 @@ class Retriever:
                 f"{self.manifest.embedding_dim} ({self.manifest.embedding_model}): embed the query with that model"
             )
         if self.refine:
-            from asymmetry.index.faiss_index import rerank
-
             _, cand = self.index.search(q, min(depth * self.refine, self.manifest.passage_count))  # (Q, C)
             scores, ids = rerank(self.vectors, q[0], cand[0], depth)  # (K,), (K,)
             return list(zip(ids.tolist(), scores.tolist()))
@@ -250,8 +229,6 @@ class Retriever:
     def lexical_ids(self, query: str, depth: int) -> list[tuple[int, float]]:
         if self.bm25 is None:
             raise AsymmetryError(f"index {self.index_dir} has no lexical index: rebuild it or use mode='dense'")
-        from asymmetry.index.build import bm25_tokenize
-
         tokens = [t for t in bm25_tokenize([query], return_ids=False)[0] if t in self.bm25.vocab_dict]
         if not tokens:
             return []
@@ -263,7 +240,38 @@ class Retriever:
         self.store.close()
 
 
-def _default_name() -> str:
-    from asymmetry import defaults
+def _check_model(root: Path, manifest: mf.Manifest, wanted: str, who: str, fix: str) -> None:
+    if wanted != manifest.embedding_model:
+        raise AsymmetryError(
+            f"index {root} was built with the embedding model {manifest.embedding_model!r} but {who} {wanted!r}: "
+            f"rebuild it with asymmetry index build --index-dir {root} --rebuild, {fix}"
+        )
 
-    return defaults.DEFAULT_EMBEDDING_NAME
+
+def _open_vectors(root: Path, manifest: mf.Manifest) -> np.ndarray:
+    """IVF-PQ's exact vectors (N, D) for re-ranking, as a read-only memory map."""
+    path = root / mf.VECTORS_NAME
+    if not path.is_file():
+        raise AsymmetryError(
+            f"index {root} re-ranks IVF-PQ candidates but {path.name} is missing: rebuild with asymmetry "
+            f"index build --index-dir {root} --rebuild, or set retrieval.refine = 0"
+        )
+    vectors = np.load(path, mmap_mode="r")  # (N, D)
+    if vectors.shape != (manifest.passage_count, manifest.embedding_dim):
+        raise AsymmetryError(
+            f"{path} holds {vectors.shape} vectors, the manifest says ({manifest.passage_count}, "
+            f"{manifest.embedding_dim}): rebuild with asymmetry index build --index-dir {root} --rebuild"
+        )
+    return vectors
+
+
+def _open_bm25(root: Path):
+    import bm25s  # heavy: only when an index with a lexical part is opened
+
+    try:
+        return bm25s.BM25.load(str(root / mf.BM25_DIR), mmap=True)
+    except (OSError, ValueError) as exc:
+        raise AsymmetryError(
+            f"lexical index {root / mf.BM25_DIR} is damaged ({exc}): rebuild with asymmetry index build "
+            f"--index-dir {root} --rebuild"
+        ) from exc

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 from asymmetry.errors import ConfigError
 
-HEADS = ("logistic", "mlp")
+HEADS = ("logistic", "mlp")  # the classifier heads (router.model trains them)
+DEFAULT_HEAD = "mlp"  # one hidden ReLU layer
+HEAD_LR = {"logistic": 0.01, "mlp": 0.003}  # AdamW learning rate of each head
 
 
 @dataclass
@@ -16,7 +18,7 @@ class RouterConfig:
     path: str | None = None  # None: <ASYMMETRY_HOME>/router/router.json if trained there, else the committed router
     mapping: str | None = None  # dataset -> expert TOML; None: the shipped router/mapping.toml
     data: list[str] = field(default_factory=list)  # extra labelled JSONL files ({"question", "expert"[, "split"]})
-    head: str = "mlp"  # one hidden ReLU layer; "logistic" is a single linear layer
+    head: str = DEFAULT_HEAD  # "logistic" is a single linear layer
     hidden: int = 128  # hidden units of the "mlp" head
     epochs: int = 60
     max_train_per_source: int = 1000

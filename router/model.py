@@ -19,22 +19,24 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import trange
 
 from asymmetry import defaults
+from asymmetry.atomic import atomic_path
+from asymmetry.embedder import Embedder, embedding_model_name
 from asymmetry.errors import AsymmetryError
+from asymmetry.router.config import DEFAULT_HEAD, HEAD_LR, HEADS
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 DEFAULT_ROUTER_FILE = Path(__file__).with_name("default_router.json")  # committed, trained on the shipped sets
 ROUTER_FILENAME = "router.json"
-HEADS = ("logistic", "mlp")
 
 
 def home_router_path() -> Path:
@@ -86,7 +88,10 @@ def _decode(d: dict[str, Any], where: str) -> np.ndarray:
 
 @dataclass
 class Router:
-    """A trained switch classifier. ``layers`` are ``(W, b)`` pairs, W of shape (out, in); ReLU between layers."""
+    """A trained switch classifier. ``layers`` are ``(W, b)`` pairs, W of shape (out, in); ReLU between layers.
+
+    ``embedder`` is used only by :meth:`route_text` (made from ``embedding_model`` when first needed); the hot path
+    :meth:`route` takes the query embedding the engine computed once."""
 
     labels: list[str]
     layers: list[tuple[np.ndarray, np.ndarray]]
@@ -97,6 +102,7 @@ class Router:
     dim: int = 384
     manifest: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    embedder: Embedder | None = field(default=None, repr=False, compare=False)
     _fast: list | None = field(default=None, init=False, repr=False, compare=False)  # transposed weights for route()
 
     def __post_init__(self):
@@ -193,12 +199,12 @@ class Router:
 
     def route_text(self, text: str | list[str]) -> Route | list[Route]:
         """Embed with the router's embedding model, then route (prefer ``route`` with the shared embedding)."""
-        from asymmetry.index.embedding import embed
-
         texts = [text] if isinstance(text, str) else list(text)
         if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
             raise AsymmetryError("route_text needs a non-empty question")
-        routes = self.route_batch(embed(texts, model=self.embedding_model))
+        if self.embedder is None:
+            self.embedder = Embedder(self.embedding_model)
+        routes = self.route_batch(self.embedder.encode(texts))  # (N, D) -> N routes
         return routes[0] if isinstance(text, str) else routes
 
     # -- persistence ---------------------------------------------------------------------------------------------
@@ -219,27 +225,20 @@ class Router:
     def save(self, path: str | os.PathLike | None = None) -> Path:
         """Write atomically (temp file + rename); default ``<home>/router/router.json``."""
         path = _resolve(path) if path is not None else home_router_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            os.chmod(tmp, 0o644)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(self.to_json(), fh, indent=1)
-                fh.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        text = json.dumps(self.to_json(), indent=1) + "\n"
+        with atomic_path(path, suffix=".json") as tmp:
+            tmp.write_text(text, encoding="utf-8")
         self.path = path
         return path
 
     @classmethod
-    def from_config(cls, config, expert_names: list[str] | None = None) -> Router:
+    def from_config(cls, config, expert_names: list[str] | None = None, *,
+                    embedder: Embedder | None = None) -> Router:
         """Load the router a whole :class:`asymmetry.config.Config` names ([router] path, threshold, fallback), checked
         against ``expert_names`` and the [index] embedding model."""
         rc = config.router
         return cls.load(rc.path, expert_names, embedding_model=config.index.embedding_model,
-                        threshold=rc.threshold, fallback=rc.fallback)
+                        threshold=rc.threshold, fallback=rc.fallback, embedder=embedder)
 
     @classmethod
     def load(
@@ -250,6 +249,7 @@ class Router:
         embedding_model: str | None = None,
         threshold: float | None = None,
         fallback: str | None = None,
+        embedder: Embedder | None = None,
     ) -> Router:
         """Load a saved router and check it against the caller's experts and embedding model.
 
@@ -257,9 +257,8 @@ class Router:
         ``expert_names``: the experts that exist; every router label and the fallback must be among them.
         ``embedding_model``: the configured embedding model (a name or folder; None = the embedded default); it must
         be the one the router was trained on. ``threshold`` / ``fallback`` override the saved values.
+        ``embedder``: the shared embedder (used by :meth:`route_text` only); it must be that model too.
         """
-        from asymmetry.index.embedding import embedding_model_name
-
         path = _resolve(path)
         if not path.is_file():
             raise AsymmetryError(f"no router at {path}: train one with asymmetry router train --out {path}")
@@ -279,6 +278,11 @@ class Router:
             raise AsymmetryError(
                 f"router {path} was trained on embeddings of {m['embedding_model']!r} but the configured embedding "
                 f"model is {wanted!r}: retrain it with asymmetry router train (or configure {m['embedding_model']!r})"
+            )
+        if embedder is not None and embedder.name != m["embedding_model"]:
+            raise AsymmetryError(
+                f"router {path} was trained on embeddings of {m['embedding_model']!r} but the embedder passed to "
+                f"Router.load is {embedder.name!r}: pass an Embedder of {m['embedding_model']!r} or retrain the router"
             )
         fallback = fallback or saved_fallback
         if expert_names is not None:
@@ -303,27 +307,37 @@ class Router:
             dim=int(m["dim"]),
             manifest=m,
             path=path,
+            embedder=embedder,
         )
 
 
 @dataclass
-class TrainSettings:
-    head: str = "logistic"
+class RouterTrainSettings:
+    """How :func:`train` fits a head; ``lr`` None: the head's default learning rate (``router.config.HEAD_LR``)."""
+
+    head: str = DEFAULT_HEAD
     hidden: int = 128
     epochs: int = 60
     batch_size: int = 256
-    lr: float = 0.01
+    lr: float | None = None
     weight_decay: float = 1e-4
     seed: int = 0
 
     def __post_init__(self):
         if self.head not in HEADS:
             raise AsymmetryError(f"router head {self.head!r} is unknown: use one of {', '.join(HEADS)}")
+        if self.lr is None:
+            self.lr = HEAD_LR[self.head]
+
+    @classmethod
+    def from_config(cls, cfg) -> RouterTrainSettings:
+        """The settings a :class:`~asymmetry.router.config.RouterConfig` asks for."""
+        return cls(head=cfg.head, hidden=cfg.hidden, epochs=cfg.epochs)
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     """The temperature T minimising the NLL of softmax(logits / T) on a calibration split, (N, L), (N,)."""
-    import torch
+    import torch  # heavy: only for training
 
     z = torch.as_tensor(logits, dtype=torch.float64)  # (N, L)
     t = torch.as_tensor(y, dtype=torch.long)  # (N,)
@@ -340,9 +354,8 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
-def _fit(x_train, y_train, labels, index, settings: TrainSettings, progress: bool):
-    import torch
-    from tqdm.auto import trange
+def _fit(x_train, y_train, labels, index, settings: RouterTrainSettings, progress: bool):
+    import torch  # heavy: only for training
 
     torch.manual_seed(settings.seed)
     x = torch.as_tensor(np.asarray(x_train, dtype=np.float32))  # (N, D)
@@ -381,15 +394,14 @@ def train(
     fallback: str = "general",
     threshold: float = 0.5,
     embedding_model: str | None = None,
-    settings: TrainSettings | None = None,
+    settings: RouterTrainSettings | None = None,
     manifest: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> Router:
     """Fit the head on (N, D) embeddings with class-balanced cross-entropy, then temperature-scale on calibration."""
-    import torch
-    from asymmetry.index.embedding import embedding_model_name
+    import torch  # heavy: only for training
 
-    settings = settings or TrainSettings()
+    settings = settings or RouterTrainSettings()
     labels = labels or sorted(set(y_train))
     index = {name: i for i, name in enumerate(labels)}
     unknown = sorted(set(y_train) - set(index))

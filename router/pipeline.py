@@ -8,12 +8,12 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from asymmetry.embedder import Embedder
+from asymmetry.errors import AsymmetryError
 from asymmetry.router.config import RouterConfig
 from asymmetry.router.data import PARTS, EmbeddingCache, Example, builtin_examples, load_mapping, merge, read_jsonl
 from asymmetry.router.metrics import RouterReport, evaluate
-from asymmetry.router.model import Router, TrainSettings, train
-
-from asymmetry.errors import AsymmetryError
+from asymmetry.router.model import Router, RouterTrainSettings, train
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,11 @@ def train_router(
     progress: bool = True,
     cache_root: str | os.PathLike | None = None,
     examples: dict[str, list[Example]] | None = None,
+    embedder: Embedder | None = None,
 ) -> tuple[Router, RouterReport]:
-    """Train, calibrate, evaluate on the held-out part and (if ``save``) write the router with its manifest."""
+    """Train, calibrate, evaluate on the held-out part and (if ``save``) write the router with its manifest.
+
+    ``embedder`` embeds the questions not in the cache yet (default: one of ``embedding_model``)."""
     examples = examples or load_examples(cfg, data_files, builtin)
     labels = sorted({e.label for e in examples["train"]})
     if expert_names is not None:
@@ -72,15 +75,15 @@ def train_router(
     for part in ("calibration", "heldout"):
         if not examples[part]:
             raise AsymmetryError(f"the {part} part is empty: add questions to it (JSONL \"split\": \"{part}\")")
-    cache = EmbeddingCache(embedding_model, cache_root)
+    cache = EmbeddingCache(embedding_model, cache_root, embedder=embedder)
     x = {part: cache.vectors(examples[part], progress=progress) for part in PARTS}  # each (N_part, D)
-    settings = TrainSettings(head=cfg.head, hidden=cfg.hidden, epochs=cfg.epochs,
-                             lr=0.01 if cfg.head == "logistic" else 0.003)
+    settings = RouterTrainSettings.from_config(cfg)
     router = train(
         x["train"], [e.label for e in examples["train"]], x["calibration"], [e.label for e in examples["calibration"]],
-        labels=labels, fallback=cfg.fallback, threshold=cfg.threshold, embedding_model=embedding_model,
+        labels=labels, fallback=cfg.fallback, threshold=cfg.threshold, embedding_model=cache.model_name,
         settings=settings, progress=progress,
     )
+    router.embedder = embedder
     report = evaluate(router, x["heldout"], [e.label for e in examples["heldout"]])
     files = [*cfg.data, *(data_files or [])]
     router.manifest.update(
@@ -108,11 +111,14 @@ def evaluate_router(
     builtin: bool = True,
     progress: bool = True,
     cache_root: str | os.PathLike | None = None,
+    embedder: Embedder | None = None,
 ) -> RouterReport:
-    """Evaluate ``router`` on the held-out part of the configured data (same split rule as training)."""
+    """Evaluate ``router`` on the held-out part of the configured data (same split rule as training); ``embedder``
+    (default: the router's) embeds the questions not in the cache yet."""
     examples = load_examples(cfg, data_files, builtin)
     heldout = examples["heldout"]
     if not heldout:
         raise AsymmetryError("no held-out questions to evaluate on: add JSONL lines with \"split\": \"heldout\"")
-    x = EmbeddingCache(router.embedding_model, cache_root).vectors(heldout, progress=progress)  # (N, D)
+    cache = EmbeddingCache(router.embedding_model, cache_root, embedder=embedder or router.embedder)
+    x = cache.vectors(heldout, progress=progress)  # (N, D)
     return evaluate(router, x, [e.label for e in heldout])

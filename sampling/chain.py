@@ -1,4 +1,5 @@
-"""Build the stage chain from a :class:`SamplerConfig`: ``config.stages`` is the order, each name has a factory.
+"""The stage chain of one request: built from a :class:`SamplerConfig` (``config.stages`` is the order, each name has a
+factory) into a :class:`Chain` object that the decode loop drives without knowing any stage by name.
 
 A factory returns ``None`` when its parameters make the stage a no-op, so the plain path runs only what it needs.
 Names are registered once; a duplicate registration fails at import.
@@ -10,8 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from asymmetry.sampling.config import STAGE_NAMES, SamplerConfig
-from asymmetry.sampling.stages import CFG, Greedy, MinP, Mirostat, Penalties, Temperature, TopK, TopP
+from asymmetry.sampling.grammar import GrammarMask
+from asymmetry.sampling.stages import CFG, BranchCombiner, Greedy, MinP, Mirostat, Penalties, Temperature, TopK, TopP
 
 STAGE_FACTORIES: dict[str, Callable[[SamplerConfig, ChainContext], Any]] = {}
 
@@ -86,9 +90,75 @@ def _mirostat(c: SamplerConfig, ctx: ChainContext):
 assert set(STAGE_FACTORIES) == set(STAGE_NAMES), "every configurable stage needs a factory"
 
 
-def build_chain(config: SamplerConfig, ctx: ChainContext) -> list:
+class Chain:
+    """The stages of one request as one object: ``apply`` runs them in order, ``accept`` feeds the chosen token to
+    the stateful ones, ``reset`` starts over, ``finished`` says a grammar completed, ``stats`` reports what they did.
+    Combiner stages (CFG, mixture) get their branch rows through :meth:`set_branch_scores`."""
+
+    def __init__(self, stages: list):
+        self.stages = list(stages)
+        self._stateful = [s for s in self.stages if hasattr(s, "accept")]
+        self._grammar = next((s for s in self.stages if isinstance(s, GrammarMask)), None)
+        self._mirostat = next((s for s in self.stages if isinstance(s, Mirostat)), None)
+        self._combiners = [s for s in self.stages if isinstance(s, BranchCombiner)]
+
+    def __len__(self) -> int:
+        return len(self.stages)
+
+    def __iter__(self):
+        return iter(self.stages)
+
+    @property
+    def names(self) -> list[str]:
+        return [getattr(s, "name", type(s).__name__) for s in self.stages]
+
+    def prepend(self, stage) -> None:
+        """Run ``stage`` first (a request's combiner, e.g. a mixture of adapters)."""
+        self.__init__([stage, *self.stages])
+
+    @property
+    def combiners(self) -> list[BranchCombiner]:
+        return list(self._combiners)
+
+    def set_branch_scores(self, rows_of: dict[BranchCombiner, torch.Tensor]) -> None:
+        for combiner, scores in rows_of.items():
+            combiner.set_branch_scores(scores)  # (R, V)
+
+    def apply(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """(1, T) ids so far and (1, V) scores -> (1, V) scores after every stage."""
+        for stage in self.stages:
+            scores = stage(input_ids, scores)
+        return scores
+
+    def accept(self, token: int) -> None:
+        for stage in self._stateful:
+            stage.accept(token)
+
+    def reset(self) -> None:
+        for stage in self.stages:
+            if hasattr(stage, "reset"):
+                stage.reset()
+
+    @property
+    def finished(self) -> bool:
+        """A grammar stage reached the end of its language: nothing more may be generated."""
+        return self._grammar is not None and self._grammar.terminated
+
+    def stats(self, sampled_surprises: list[float]) -> dict[str, Any]:
+        """What the stages did: their names, mirostat's surprises and final mu, whether a grammar completed."""
+        surprises = self._mirostat.surprises if self._mirostat is not None else sampled_surprises
+        return {
+            "stages": self.names,
+            "surprise_bits": surprises,
+            "mean_surprise_bits": (sum(surprises) / len(surprises)) if surprises else None,
+            "final_mu": self._mirostat.mu if self._mirostat is not None else None,
+            "grammar_completed": self._grammar.completed if self._grammar is not None else None,
+        }
+
+
+def build_chain(config: SamplerConfig, ctx: ChainContext) -> Chain:
     """The stages of ``config.stages`` that are active, in order; greedy decoding ends with :class:`Greedy`."""
     chain = [stage for name in config.stages if (stage := STAGE_FACTORIES[name](config, ctx)) is not None]
     if config.is_greedy:
         chain.append(Greedy())
-    return chain
+    return Chain(chain)

@@ -1,4 +1,4 @@
-"""``asymmetry generate``: run our sampler on a prompt. The sampler flags are reusable by other commands.
+"""The sampler's command-line flags, shared by ``asymmetry generate``, ``ask``, ``chat`` and ``eval``.
 
 ``add_sampler_arguments(parser)`` adds every sampler flag with default ``None`` (so only what the user typed
 overrides the config); ``sampler_config_from_args(args, base)`` applies them to a base :class:`SamplerConfig`.
@@ -7,13 +7,9 @@ overrides the config); ``sampler_config_from_args(args, base)`` applies them to 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from dataclasses import replace
 
 from asymmetry.sampling.config import STAGE_NAMES, SamplerConfig
-
-from asymmetry.errors import AsymmetryError
 
 # flag -> (SamplerConfig field, type, help)
 _FLAGS: list[tuple[str, str, type, str]] = [
@@ -75,16 +71,8 @@ def sampler_config_from_args(args: argparse.Namespace, base: SamplerConfig | Non
     return replace(base, **changes)
 
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "generate",
-        help="generate text with our sampler (CFG, mirostat, grammars, penalties stack)",
-        description="Generate a continuation of PROMPT with our decoding loop on the embedded SmolLM2-135M-Instruct "
-        "(or --model). CFG runs the prompt and the negative prompt as one batch per step; mirostat, grammar "
-        "constraints and penalties stack with it.",
-        epilog='example: asymmetry generate "Name a planet." --chat --json-schema planet.json --mirostat 2 --tau 4 '
-        "--cfg-scale 1.5 --negative-prompt 'Answer rudely.' --json",
-    )
+def add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``asymmetry generate`` (the command itself lives with the application's commands)."""
     p.add_argument("prompt", help="the prompt text ('-' reads it from stdin)")
     p.add_argument("--model", default=None, metavar="PATH",
                    help="a local Hugging Face folder, a .gguf file, or a built-in name (default: smollm2)")
@@ -93,32 +81,3 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true",
                    help='print {"text", "tokens", "stats"} as JSON instead of streaming the text')
     add_sampler_arguments(p)
-    p.set_defaults(func=_generate)
-
-
-def _generate(args: argparse.Namespace) -> int:
-    from asymmetry.sampling.generator import make_generator
-
-    config = sampler_config_from_args(args, args.cfg.sampler)
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    if not prompt.strip():
-        raise AsymmetryError("the prompt is empty: pass some text (or '-' and text on stdin)")
-    gen = make_generator(spec=args.model)
-    negative = config.negative_prompt
-    if args.chat:
-        prompt_in = gen.chat_prompt(prompt, args.system)
-        negative_in = gen.chat_prompt(negative, args.system) if negative is not None else None
-    else:
-        if args.system:
-            raise AsymmetryError("--system needs --chat: add --chat or drop --system")
-        prompt_in, negative_in = prompt, negative
-    if args.json:
-        result = gen.generate(prompt_in, config, negative_prompt=negative_in)
-        stats = {k: v for k, v in result.stats.items()}
-        print(json.dumps({"text": result.text, "tokens": result.tokens, "stats": stats}, ensure_ascii=False))
-        return 0
-    for delta in gen.stream(prompt_in, config, negative_prompt=negative_in):
-        sys.stdout.write(delta)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
-    return 0

@@ -12,21 +12,25 @@ Shapes: N = rows in the batch, L = padded prompt length, V = vocabulary, T = tok
 
 from __future__ import annotations
 
-import inspect
+import contextlib
+import copy
 import math
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from asymmetry.sampling.chain import ChainContext, build_chain
-from asymmetry.sampling.config import SamplerConfig
-from asymmetry.sampling.kernels import SmallBatchLinear, wants_small_batch
-from asymmetry.sampling.stages import BranchCombiner, Mirostat
 
 from asymmetry.errors import AsymmetryError
+from asymmetry.forward import forward_params, left_pad, output_cache
+from asymmetry.sampling.chain import Chain, ChainContext, build_chain
+from asymmetry.sampling.config import SamplerConfig
+from asymmetry.sampling.grammar import GrammarMask, compile_grammar, read_constraint
+from asymmetry.sampling.kernels import SmallBatchLinear, wants_small_batch
+from asymmetry.sampling.stages import BranchCombiner
 
 LOG2 = math.log(2)
 
@@ -47,13 +51,36 @@ class Generation:
     stats: dict[str, Any]
 
 
+class GenerationStream:
+    """Iterate for the text deltas of one generation; afterwards ``result`` holds its :class:`Generation`.
+
+    ``close()`` (or leaving a ``for`` loop early and dropping the stream) stops decoding at the next step.
+    """
+
+    def __init__(self, run: Iterator[tuple[int, str]]):
+        self._run = run
+        self.result: Generation | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            try:
+                _, delta = next(self._run)
+            except StopIteration as done:
+                self.result = done.value[0]
+                return
+            yield delta
+
+    def close(self) -> None:
+        self._run.close()
+
+
 @dataclass
 class _Request:
     prompt_ids: list[int]
-    chain: list
+    chain: Chain
     row0: int  # index of the primary row
     n_rows: int
-    combiners: list[tuple[BranchCombiner, list[int]]]
+    combiners: dict[BranchCombiner, list[int]]  # combiner -> the batch rows it reads
     stop: list[str]
     buffer: torch.Tensor  # (1, T_max) prompt + generated ids, for stages reading input_ids
     seed: int = 0
@@ -71,18 +98,19 @@ class _Request:
 class Generator:
     """Our generation loop over any Hugging Face causal LM and its tokenizer."""
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, model, tokenizer, lock: threading.RLock | None = None):
+        """``lock``: held for each forward (one decode step), never across a yield; pass the pooled base's lock
+        when other requests share the model (peft's per-row adapters use hooks on the shared modules)."""
         self.model = model
         self.tokenizer = tokenizer
+        self.lock = lock if lock is not None else contextlib.nullcontext()
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        params = inspect.signature(base.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        self._keep_kw = "logits_to_keep" if "logits_to_keep" in params else None
+        params = forward_params(model)
+        self._cache_kw, self._keep_kw = params["cache"], params["keep"]
         config = getattr(base, "config", None)
         self.vocab_size = int(getattr(config, "vocab_size", 0) or len(tokenizer))
         self.eos_ids = self._eos_ids(base, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids or {0})
-        self.last: Generation | None = None
 
     @staticmethod
     def _eos_ids(model, tokenizer) -> set[int]:
@@ -159,37 +187,23 @@ class Generator:
             except StopIteration as done:
                 return done.value
 
-    def stream(self, prompt: str | list[int], config: SamplerConfig | None = None, **kw) -> Iterator[str]:
-        """Yield text deltas as they are decided; the final :class:`Generation` is ``self.last`` afterwards."""
-        self.last = None
-        run = self._run([prompt], config or SamplerConfig(), **kw)
-        while True:
-            try:
-                _, delta = next(run)
-            except StopIteration as done:
-                self.last = done.value[0]
-                return
-            yield delta
+    def stream(self, prompt: str | list[int], config: SamplerConfig | None = None, **kw) -> GenerationStream:
+        """A :class:`GenerationStream`: iterate it for text deltas as they are decided; its ``result`` is the
+        final :class:`Generation`. Same options as :meth:`generate`."""
+        return GenerationStream(self._run([prompt], config or SamplerConfig(), **kw))
 
     # ----------------------------------------------------------------------------------------------- the loop
     def _cfg_active(self, config: SamplerConfig, negative) -> bool:
         return "cfg" in config.stages and (negative is not None or config.cfg_scale != 1.0 or config.cfg_rescale > 0)
 
     def _grammar_stage(self, config: SamplerConfig):
-        from asymmetry.sampling.grammar import GrammarMask, compile_grammar, read_constraint
-
         constraint = read_constraint(config)
         if constraint is None or "grammar" not in config.stages:
             return None
         compiled = compile_grammar(self.tokenizer, self.vocab_size, **constraint)
         return GrammarMask(compiled, self.vocab_size, sorted(self.eos_ids))
 
-    def _run(self, prompts: list, config: SamplerConfig, *, negative_prompt=None, stop=None, forward_kwargs=None,
-             branches: Sequence[Branch] = (), combiner: BranchCombiner | None = None, row_kwargs=None):
-        if not isinstance(config, SamplerConfig):
-            raise AsymmetryError(f"config must be a SamplerConfig, got {type(config).__name__}")
-        if not prompts:
-            raise AsymmetryError("no prompts given: pass at least one prompt")
+    def _check_branches(self, branches: Sequence[Branch], combiner: BranchCombiner | None) -> None:
         names = [b.name for b in branches]
         if len(set(names)) != len(names) or "negative" in names:
             raise AsymmetryError(f"branch names must be unique and not 'negative' (reserved for CFG), got {names}")
@@ -197,14 +211,11 @@ class Generator:
             missing = [n for n in combiner.branch_names if n not in names]
             if missing:
                 raise AsymmetryError(f"the combiner reads branch {missing[0]!r}, which was not passed in branches=")
-        negative = negative_prompt if negative_prompt is not None else config.negative_prompt
-        cfg_active = self._cfg_active(config, negative)
-        stops = list(config.stop) + list(stop or [])
-        forward_kwargs = dict(forward_kwargs or {})
-        seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
-        rng: dict[str, torch.Generator] = {}  # one generator per logits device, seeded on first use
 
-        # Rows: per request [primary, *branches, negative?]
+    def _layout(self, prompts: list, config: SamplerConfig, negative, branches: Sequence[Branch],
+                combiner: BranchCombiner | None, row_kwargs: dict | None, seed: int, stops: list[str]):
+        """The batch rows of every request (primary, its branches, the CFG negative) and each request's chain."""
+        cfg_active = self._cfg_active(config, negative)
         rows: list[list[int]] = []
         rows_kw: list[dict[str, Any]] = []
         requests: list[_Request] = []
@@ -218,88 +229,88 @@ class Generator:
                 branch_rows[b.name] = len(rows)
                 rows.append(self.encode(b.prompt, f"branch {b.name!r} prompt"))
                 rows_kw.append(dict(b.row_kwargs))
-            ctx = ChainContext(vocab_size=self.vocab_size, cfg_active=cfg_active,
-                               grammar_stage=self._grammar_stage(config))
-            chain = build_chain(config, ctx)
+            chain = build_chain(config, ChainContext(vocab_size=self.vocab_size, cfg_active=cfg_active,
+                                                     grammar_stage=self._grammar_stage(config)))
             if cfg_active:
                 branch_rows["negative"] = len(rows)
                 rows.append(self.encode(negative, "negative prompt") if negative is not None else ids[-1:])
                 rows_kw.append(dict(row_kwargs or {}))
             if combiner is not None:
-                chain.insert(0, combiner if len(prompts) == 1 else _copy_combiner(combiner))
-            combiners = [(s, [branch_rows[n] for n in s.branch_names]) for s in chain if isinstance(s, BranchCombiner)]
-            for stage in chain:
-                if hasattr(stage, "reset"):
-                    stage.reset()
-            buffer = torch.zeros(1, len(ids) + config.max_tokens, dtype=torch.long)
+                chain.prepend(combiner if len(prompts) == 1 else copy.copy(combiner))
+            chain.reset()
+            combiners = {c: [branch_rows[n] for n in c.branch_names] for c in chain.combiners}
+            buffer = torch.zeros(1, len(ids) + config.max_tokens, dtype=torch.long)  # (1, T_max)
             buffer[0, : len(ids)] = torch.tensor(ids)
             requests.append(_Request(ids, chain, row0, len(rows) - row0, combiners, stops, buffer, seed))
+        return rows, rows_kw, requests
 
-        row_keys = sorted({k for kw in rows_kw for k in kw})
-        for key in row_keys:
+    @staticmethod
+    def _per_row_kwargs(rows_kw: list[dict[str, Any]], forward_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Merge per-row kwargs (e.g. ``adapter_names``) into lists over the batch rows."""
+        forward_kwargs = dict(forward_kwargs)
+        for key in sorted({k for kw in rows_kw for k in kw}):
             if key in forward_kwargs:
                 raise AsymmetryError(f"{key!r} is given both in forward_kwargs and as a per-row kwarg: pass it once")
             if any(key not in kw for kw in rows_kw):
                 raise AsymmetryError(f"per-row kwarg {key!r} is missing on some rows: give it for the primary row "
                                      "(row_kwargs=) and for every branch")
             forward_kwargs[key] = [kw[key] for kw in rows_kw]
+        return forward_kwargs
+
+    def _run(self, prompts: list, config: SamplerConfig, *, negative_prompt=None, stop=None, forward_kwargs=None,
+             branches: Sequence[Branch] = (), combiner: BranchCombiner | None = None, row_kwargs=None):
+        if not isinstance(config, SamplerConfig):
+            raise AsymmetryError(f"config must be a SamplerConfig, got {type(config).__name__}")
+        if not prompts:
+            raise AsymmetryError("no prompts given: pass at least one prompt")
+        self._check_branches(branches, combiner)
+        negative = negative_prompt if negative_prompt is not None else config.negative_prompt
+        stops = list(config.stop) + list(stop or [])
+        seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
+        rng: dict[str, torch.Generator] = {}  # one generator per logits device, seeded on first use
+        rows, rows_kw, requests = self._layout(prompts, config, negative, branches, combiner, row_kwargs, seed, stops)
+        forward_kwargs = self._per_row_kwargs(rows_kw, forward_kwargs or {})
 
         n_rows = len(rows)
         device = self.device
         single = n_rows == 1
         t0 = time.perf_counter()
         with torch.inference_mode():
-            if single:
+            if single:  # the plain path: no mask, no positions
                 input_ids = torch.tensor([rows[0]], device=device)  # (1, T)
                 mask = pos = None
-                logits = self._forward(input_ids, None, None, None, forward_kwargs)
+                logits, cache = self._forward(input_ids, None, None, None, forward_kwargs)
             else:
-                width = max(len(r) for r in rows)
-                input_ids = torch.full((n_rows, width), self.pad_id, dtype=torch.long)  # (N, L)
-                mask = torch.zeros((n_rows, width), dtype=torch.long)  # (N, L)
-                for i, r in enumerate(rows):
-                    input_ids[i, width - len(r):] = torch.tensor(r)
-                    mask[i, width - len(r):] = 1
-                input_ids, mask = input_ids.to(device), mask.to(device)
-                pos = (mask.cumsum(-1) - 1).clamp_(min=0)  # (N, L)
-                logits = self._forward(input_ids, mask, pos, None, forward_kwargs)
+                input_ids, mask, pos = left_pad(rows, self.pad_id, device)  # (N, L) each
+                logits, cache = self._forward(input_ids, mask, pos, None, forward_kwargs)
                 pos = pos[:, -1:]  # (N, 1)
-            cache = logits[1]
-            logits = logits[0]  # (N, V)
             forwards = 1
             t_prefill = time.perf_counter() - t0
             step_ids = torch.full((n_rows, 1), self.pad_id, dtype=torch.long)  # (N, 1)
             small = wants_small_batch(n_rows, device, self._dtype())  # see sampling/kernels.py
 
             while True:
-                active = [r for r in requests if r.finish_reason is None]
-                for req in active:
+                for index, req in enumerate(requests):
+                    if req.finish_reason is not None:
+                        continue
                     token, surprise = self._select(req, logits, config, rng)
-                    for stage in req.chain:
-                        if hasattr(stage, "accept"):
-                            stage.accept(token)
+                    req.chain.accept(token)
                     delta = self._advance(req, token, surprise, config)
                     step_ids[req.row0: req.row0 + req.n_rows, 0] = token
                     if delta:
-                        yield requests.index(req), delta
+                        yield index, delta
                 if all(r.finish_reason is not None for r in requests):
                     break
                 ids_in = step_ids.to(device)  # (N, 1)
                 if not single:
                     mask = torch.cat([mask, mask.new_ones(n_rows, 1)], dim=1)  # (N, T)
                     pos = pos + 1  # (N, 1)
-                if small:
-                    with SmallBatchLinear():
-                        logits, cache = self._forward(ids_in, mask, pos, cache, forward_kwargs)
-                else:
+                with SmallBatchLinear() if small else contextlib.nullcontext():
                     logits, cache = self._forward(ids_in, mask, pos, cache, forward_kwargs)
                 forwards += 1
         elapsed = time.perf_counter() - t0
-        results = []
-        for req in requests:
-            stats = self._stats(req, config, seed, n_rows, forwards, t_prefill, elapsed)
-            results.append(Generation(req.text, list(req.tokens), stats))
-        return results
+        return [Generation(req.text, list(req.tokens), self._stats(req, seed, n_rows, forwards, t_prefill, elapsed))
+                for req in requests]
 
     def _forward(self, input_ids, mask, pos, cache, forward_kwargs):
         kwargs = dict(forward_kwargs)
@@ -311,9 +322,9 @@ class Generator:
             kwargs["position_ids"] = pos
         if self._keep_kw:
             kwargs[self._keep_kw] = 1
-        out = self.model(input_ids=input_ids, **kwargs)
-        new_cache = getattr(out, "cache", None) if self._cache_kw == "cache" else out.past_key_values
-        return out.logits[:, -1, :].float(), new_cache  # (N, V)
+        with self.lock:  # one step at a time on a shared model; released before the next yield
+            out = self.model(input_ids=input_ids, **kwargs)
+        return out.logits[:, -1, :].float(), output_cache(out, self._cache_kw)  # (N, V)
 
     def _select(self, req: _Request, logits: torch.Tensor, config: SamplerConfig, rng) -> tuple[int, float | None]:
         scores = logits[req.row0: req.row0 + 1]  # (1, V)
@@ -321,16 +332,14 @@ class Generator:
             input_ids = req.buffer[:, : req.length]  # (1, T)
             if scores.device.type != "cpu":
                 input_ids = input_ids.to(scores.device)
-            for combiner, idx in req.combiners:
-                combiner.set_branch_scores(logits[idx])  # (R, V)
-            for stage in req.chain:
-                scores = stage(input_ids, scores)
+            req.chain.set_branch_scores({c: logits[idx] for c, idx in req.combiners.items()})  # (R, V) each
+            scores = req.chain.apply(input_ids, scores)
         if config.is_greedy:
             return int(scores.argmax(-1)), None
         probs = torch.softmax(scores, dim=-1)  # (1, V)
         if not bool(torch.isfinite(scores).any()):
-            names = [getattr(s, "name", type(s).__name__) for s in req.chain]
-            raise AsymmetryError(f"every token was filtered out at step {len(req.tokens)} by the stages {names}: "
+            raise AsymmetryError(f"every token was filtered out at step {len(req.tokens)} by the stages "
+                                 f"{req.chain.names}: "
                                  "loosen the filters or move the grammar stage before top-k/top-p/min-p/mirostat")
         if str(probs.device) not in rng:
             rng[str(probs.device)] = torch.Generator(device=probs.device).manual_seed(int(req.seed))
@@ -353,8 +362,7 @@ class Generator:
                 if hits:
                     req.text = req.text[: min(hits)]
                     req.finish_reason = "stop"
-            grammar = next((s for s in req.chain if getattr(s, "name", "") == "grammar"), None)
-            if req.finish_reason is None and grammar is not None and grammar.terminated:
+            if req.finish_reason is None and req.chain.finished:
                 req.finish_reason = "grammar"
             if req.finish_reason is None and len(req.tokens) >= config.max_tokens:
                 req.finish_reason = "length"
@@ -371,10 +379,7 @@ class Generator:
         req.emitted = max(req.emitted, final)
         return delta
 
-    def _stats(self, req: _Request, config, seed, n_rows, forwards, t_prefill, elapsed) -> dict[str, Any]:
-        mirostat = next((s for s in req.chain if isinstance(s, Mirostat)), None)
-        surprises = mirostat.surprises if mirostat is not None else req.surprises
-        grammar = next((s for s in req.chain if getattr(s, "name", "") == "grammar"), None)
+    def _stats(self, req: _Request, seed, n_rows, forwards, t_prefill, elapsed) -> dict[str, Any]:
         decode_s = max(elapsed - t_prefill, 1e-9)
         return {
             "prompt_tokens": len(req.prompt_ids),
@@ -383,29 +388,8 @@ class Generator:
             "seed": seed,
             "rows": n_rows,
             "forwards": forwards,
-            "stages": [getattr(s, "name", type(s).__name__) for s in req.chain],
-            "surprise_bits": surprises,
-            "mean_surprise_bits": (sum(surprises) / len(surprises)) if surprises else None,
-            "final_mu": mirostat.mu if mirostat is not None else None,
-            "grammar_completed": grammar.completed if grammar is not None else None,
+            **req.chain.stats(req.surprises),
             "prefill_s": t_prefill,
             "elapsed_s": elapsed,
             "tokens_per_s": (forwards - 1) / decode_s if forwards > 1 else None,
         }
-
-
-def _copy_combiner(combiner: BranchCombiner) -> BranchCombiner:
-    import copy
-
-    return copy.copy(combiner)
-
-
-def make_generator(model=None, tokenizer=None, spec: str | None = None) -> Generator:
-    """A Generator over ``model``/``tokenizer``, or over the base ``spec`` (default: the embedded SmolLM2)."""
-    if model is None:
-        from asymmetry.experts.base import load_base
-
-        base = load_base(spec)
-        model, tokenizer = base.model, base.tokenizer
-    return Generator(model, tokenizer)
-

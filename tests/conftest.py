@@ -17,11 +17,18 @@ from asymmetry import defaults
 
 
 @pytest.fixture(scope="session")
-def smollm():
-    """The embedded default base model (SmolLM2-135M-Instruct, fp32), loaded once for the whole session."""
-    from asymmetry.experts.base import load_base
+def pool():
+    """One model pool for the whole session: every base loads once per placement, adapters attach once."""
+    from asymmetry.experts import ModelPool
 
-    return load_base()
+    return ModelPool()
+
+
+@pytest.fixture(scope="session")
+def smollm(pool):
+    """The embedded default base model (SmolLM2-135M-Instruct, fp32) from the session's pool. Adapters other tests
+    attach to it do not change it: a forward that names no adapter runs the bare base."""
+    return pool.base("smollm2")
 
 
 # -- a small corpus (a slice of the default corpus) and its flat index, cached in the home (index and retrieval tests)
@@ -51,9 +58,8 @@ def small_corpus():
 @pytest.fixture(scope="session")
 def small_index(small_corpus):
     """A flat index over the small corpus (built once; later sessions find it up to date)."""
-    from asymmetry.index.build import build_index
-
     from asymmetry.errors import AsymmetryError
+    from asymmetry.index.build import build_index
 
     root = defaults.home() / "test-data" / "small-index"
     try:
@@ -72,3 +78,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """The embedded all-MiniLM-L6-v2, one instance (loaded on first use) shared by the whole session."""
+    from asymmetry.embedder import Embedder
+
+    return Embedder()

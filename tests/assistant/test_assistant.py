@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -16,8 +17,8 @@ SHORT = {"max_tokens": 24, "seed": 0}
 
 
 @pytest.fixture(scope="module")
-def bot():
-    return Assistant.load()
+def bot(pool):
+    return Assistant.load(pool=pool)
 
 
 def test_ask_routes_retrieves_and_cites(bot):
@@ -47,10 +48,54 @@ def test_explicit_expert_without_retrieval(bot):
     assert "paris" in answer.text.lower()
 
 
-def test_stream_yields_the_answer_text(bot):
-    deltas = list(bot.stream("Name a planet of the solar system.", expert="general", retrieval=False, sampler=SHORT))
+def test_stream_yields_the_answer_text_then_holds_the_answer(bot):
+    stream = bot.stream("Name a planet of the solar system.", expert="general", retrieval=False, sampler=SHORT)
+    assert stream.answer is None
+    deltas = list(stream)
     assert len(deltas) > 1
-    assert "".join(deltas) == bot.last_answer.text
+    assert "".join(deltas) == stream.answer.text and stream.answer.expert == "general"
+    assert not stream.answer.interrupted
+
+
+def test_a_stream_left_early_keeps_its_partial_answer(bot):
+    stream = bot.stream("Tell me about the Moon.", expert="general", retrieval=False, sampler={**SHORT, "seed": 3})
+    deltas = iter(stream)
+    said = next(deltas) + next(deltas)
+    deltas.close()  # what a consumer that stops reading (or Ctrl-C) does
+    assert stream.answer.interrupted and stream.answer.text == said
+
+
+def test_two_threads_asking_different_experts_get_their_sequential_answers(bot):
+    """Greedy answers of two experts on one shared base, asked at the same time from two threads, equal the answers
+    asked one after the other: adapters are chosen per row, not switched for the process, and no lock is held
+    across a yield (the two streams interleave)."""
+    import threading
+
+    greedy = {"max_tokens": 24, "temperature": 0.0}
+    jobs = [("What gas do plants absorb for photosynthesis?", "science"),
+            ("Alex gave his friend a gift. How would the friend feel?", "commonsense")]
+    sequential = [bot.ask(q, expert=e, sampler=greedy).text for q, e in jobs]
+    assert sequential[0] != sequential[1]
+    results: dict[int, str] = {}
+    interleaved = []
+    barrier = threading.Barrier(2)
+
+    def run(i: int) -> None:
+        q, e = jobs[i]
+        stream = bot.stream(q, expert=e, sampler=greedy)
+        barrier.wait()
+        for _ in stream:
+            interleaved.append(i)
+        results[i] = stream.answer.text
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert [results[0], results[1]] == sequential
+    switches = sum(1 for a, b in itertools.pairwise(interleaved) if a != b)
+    assert switches >= 2, f"the two streams did not interleave: {interleaved}"
 
 
 def test_same_seed_same_answer(bot):
@@ -61,8 +106,11 @@ def test_same_seed_same_answer(bot):
 def test_chat_keeps_history_and_resets(bot):
     chat = bot.chat(expert="general", retrieval=False, sampler=SHORT)
     chat.say("My name is Ada.")
-    chat.say("What is my name?")
+    stream = chat.stream("What is my name?")
+    assert len(chat.history) == 2, "a turn joins the history when its stream ends"
+    text = stream.text()
     assert len(chat.history) == 4 and chat.history[2]["content"] == "What is my name?"
+    assert chat.history[3]["content"] == text and chat.last_answer is stream.answer
     chat.reset()
     assert chat.history == []
 

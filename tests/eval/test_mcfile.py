@@ -5,12 +5,11 @@ from __future__ import annotations
 import csv
 
 import pytest
-from asymmetry.eval.cli import register  # noqa: F401  (the CLI module imports without heavy libraries)
-from asymmetry.eval.mcfile import export_rows, read_mc_csv, write_mc_csv, write_submission
-from asymmetry.eval.metrics import average_precision_at_k, mc_metrics
 
 from asymmetry.datasets import load_mc
 from asymmetry.errors import AsymmetryError
+from asymmetry.eval.mcfile import export_rows, read_mc_csv, write_mc_csv, write_submission
+from asymmetry.eval.metrics import average_precision_at_k, mc_metrics
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,13 @@ import csv
 import json
 
 import pytest
-from asymmetry.eval.config import EvalConfig
+
+from asymmetry.cli import main
+from asymmetry.config import EvalConfig
+from asymmetry.errors import AsymmetryError
 from asymmetry.eval.mcfile import export_rows, read_mc_csv, write_mc_csv
 from asymmetry.eval.runner import run_mc
 from asymmetry.eval.scoring import score_options
-
-from asymmetry.cli import main
-from asymmetry.errors import AsymmetryError
 
 N = 4
 

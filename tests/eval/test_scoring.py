@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from asymmetry.eval.scoring import encode_pair, score_batch, score_options, score_options_naive
 
 from asymmetry.datasets import load_mc
 from asymmetry.errors import AsymmetryError
+from asymmetry.eval.scoring import encode_pair, score_batch, score_options, score_options_naive
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +69,31 @@ def test_bad_arguments(smollm):
         score_batch(model, tok, ["Question: x\nAnswer:"], [[]])
     with pytest.raises(AsymmetryError, match="2 prefixes but 1 option lists"):
         score_batch(model, tok, ["a", "b"], [[" x"]])
+
+
+def test_option_scorer_with_per_row_adapters_equals_full_sequences(pool):
+    """The one scorer, prefix shared and adapters named per row, equals scoring each full sequence alone."""
+    import torch
+
+    from asymmetry.datasets import MCQuestion
+    from asymmetry.eval.compare import option_scores, question_prompt
+    from asymmetry.eval.metrics import option_metrics
+    from asymmetry.experts import ExpertRegistry
+
+    science = ExpertRegistry.from_config(pool=pool).model("science")
+    tok = science.tokenizer
+    q = MCQuestion("q1", "What do bees make?", ["honey", "steel beams", "ice"], 0, "test")
+    shared = option_scores(science.model, tok, [q], adapter_names=["science", "__base__"], lock=science.lock)
+    prefix, options = question_prompt(tok, q)
+    for name, got in zip(("science", "__base__"), shared):
+        for (total, n_tok), option in zip(got, options):
+            p_ids = tok(prefix, add_special_tokens=False).input_ids
+            ids = tok(prefix + option, add_special_tokens=False).input_ids
+            with torch.no_grad(), science.lock:
+                logits = science.model(input_ids=torch.tensor([ids]), adapter_names=[name]).logits[0]  # (T, V)
+            logp = torch.log_softmax(logits[:-1].float(), -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+            assert n_tok == len(ids) - len(p_ids)
+            torch.testing.assert_close(torch.tensor(total), logp[len(p_ids) - 1:].sum(), atol=2e-3, rtol=1e-4)
+    assert shared[0] != shared[1], "the adapter row and the bare row must differ"
+    metrics = option_metrics([q.answer], shared[:1])
+    assert set(metrics) == {"accuracy", "accuracy_sum", "gold_prob", "n"} and 0 < metrics["gold_prob"] < 1

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from asymmetry.config import Config
+from asymmetry.errors import AsymmetryError, ConfigError
 from asymmetry.experts import ExpertRegistry, ExpertsConfig
 from asymmetry.experts.data import (
     DEFAULT_RECIPES,
@@ -12,10 +15,9 @@ from asymmetry.experts.data import (
     load_training_file,
     mc_messages,
     split_questions,
+    write_jsonl,
 )
-
-from asymmetry.config import Config
-from asymmetry.errors import AsymmetryError, ConfigError
+from asymmetry.experts.prompts import build_messages, render_prompt, with_system
 
 
 def test_builtin_experts_and_default():
@@ -138,6 +140,51 @@ def test_mc_messages_styles():
     assert len(lettered) == 1 and "A. a\nB. b" in lettered[0]["content"]
     with pytest.raises(AsymmetryError, match="style"):
         mc_messages("Q?", ["a"], 0, "essay")
+
+
+def test_mc_messages_with_a_system_prompt():
+    assert mc_messages("Q?", ["a", "b"], 0, system="Be brief.") == [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q?"},
+        {"role": "assistant", "content": "a"}]
+    assert mc_messages("Q?", ["a"], None, system="S") == with_system(mc_messages("Q?", ["a"], None), "S")
+
+
+def test_build_messages_order_and_passages():
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    msgs = build_messages("Why?", system="Be brief.", passages="[1] A fact.", history=history)
+    assert msgs == [{"role": "system", "content": "Be brief.\n\nPassages:\n[1] A fact."}, *history,
+                    {"role": "user", "content": "Why?"}]
+    assert build_messages("Why?", passages="[1] A fact.")[0] == {"role": "system", "content": "Passages:\n[1] A fact."}
+    assert build_messages("Why?", system="", passages=None) == [{"role": "user", "content": "Why?"}]
+    history_copy = list(history)
+    build_messages("Again?", history=history).append({"role": "user", "content": "x"})
+    assert history == history_copy  # the caller's list is not changed
+
+
+def test_render_prompt_passes_template_and_generation_prompt():
+    class Tok:
+        def apply_chat_template(self, messages, **kw):
+            return kw
+
+    msgs = build_messages("Q?")
+    assert render_prompt(Tok(), msgs) == {"tokenize": False, "add_generation_prompt": True}
+    assert render_prompt(Tok(), msgs, "{{ x }}", add_generation_prompt=False) == {
+        "tokenize": False, "add_generation_prompt": False, "chat_template": "{{ x }}"}
+
+
+def test_write_jsonl_round_trips(tmp_path):
+    examples = load_training_file(_tiny_jsonl(tmp_path)).examples
+    out = write_jsonl(examples, tmp_path / "sub" / "copy.jsonl")
+    assert [ex.messages for ex in load_training_file(out).examples] == [ex.messages for ex in examples]
+    assert [p.name for p in out.parent.iterdir()] == ["copy.jsonl"]  # no temp file left behind
+
+
+def _tiny_jsonl(tmp_path):
+    path = tmp_path / "tiny.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "2+2? é"},
+                                             {"role": "assistant", "content": "4"}]}) + "\n"
+                    + json.dumps({"prompt": "Capital of France?", "completion": "Paris"}) + "\n", encoding="utf-8")
+    return path
 
 
 def test_validation_halves_are_disjoint_and_cover():

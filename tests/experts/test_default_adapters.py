@@ -8,16 +8,15 @@ pass is not luck and a regressed or corrupt adapter fails.
 from __future__ import annotations
 
 import pytest
+
+from asymmetry.eval.compare import compare_expert
 from asymmetry.experts import ExpertRegistry
-from asymmetry.experts.config import ExpertsConfig
-from asymmetry.experts.scoring import compare_expert
 
 
 @pytest.fixture(scope="module")
-def registry():
-    """The built-in experts on their own placement of the bases (an explicit CPU device map), so the adapters this
-    module activates never touch the session's shared ``smollm`` base that other tests compare against."""
-    return ExpertRegistry.from_config(ExpertsConfig(device_map={"": "cpu"}, max_memory={"cpu": "12GiB"}))
+def registry(pool):
+    """The built-in experts on the session's shared bases (adapters are named per row, so sharing is safe)."""
+    return ExpertRegistry.from_config(pool=pool)
 
 
 @pytest.mark.parametrize("expert, dataset", [("science", ("sciq", "validation:eval")),

@@ -11,18 +11,21 @@ import time
 import faiss
 import numpy as np
 import pytest
-from asymmetry.index.build import build_index
-from asymmetry.index.chunking import chunk_articles
-from asymmetry.index.corpus import open_corpus
-from asymmetry.index.embedding import embed
-from asymmetry.index.manifest import load_manifest, read_manifest
-from asymmetry.index.store import PassageStore
 
 from asymmetry.cli import main
+from asymmetry.config import Config
+from asymmetry.embedder import Embedder, embedding_model_path
 from asymmetry.errors import AsymmetryError
+from asymmetry.index import IndexConfig, build_index, ensure_index
+from asymmetry.index.chunking import chunk_articles
+from asymmetry.index.corpus import open_corpus
+from asymmetry.index.faiss_index import choose_index_type, create_index
+from asymmetry.index.manifest import load_manifest, read_manifest
+from asymmetry.index.store import PassageStore
+from asymmetry.retrieval import RetrievalConfig, Retriever
 
 
-def test_small_index_manifest_store_and_vectors_agree(small_index, small_corpus):
+def test_small_index_manifest_store_and_vectors_agree(small_index, small_corpus, embedder):
     m = load_manifest(small_index)
     chunks = list(chunk_articles(open_corpus(small_corpus)))
     assert m.passage_count == len(chunks) > m.article_count == 63
@@ -37,7 +40,7 @@ def test_small_index_manifest_store_and_vectors_agree(small_index, small_corpus)
     for pid in (0, 17, len(chunks) - 1):  # FAISS id i <-> store id i <-> i-th chunk, embedded with its title
         (p,) = store.get([pid])
         assert (p.title, p.text) == (chunks[pid].title, chunks[pid].text)
-        vec = embed([chunks[pid].indexed_text])[0]
+        vec = embedder.encode([chunks[pid].indexed_text])[0]  # (D,)
         np.testing.assert_allclose(index.reconstruct(pid), vec, atol=2e-3)
 
 
@@ -107,6 +110,35 @@ def test_killed_build_resumes_from_last_finished_shard(small_corpus, tmp_path):
     assert load_manifest(root).passage_count == m.passage_count
 
 
+class _FailingEmbedder(Embedder):
+    """Embeds ``shards`` shards, then fails like a killed process would (in-process, so the test is fast)."""
+
+    def __init__(self, shards: int):
+        super().__init__()
+        self.left = shards
+
+    def encode(self, texts, batch_size=64, show_progress=False):
+        if self.left == 0:
+            raise KeyboardInterrupt
+        self.left -= 1
+        return super().encode(texts, batch_size, show_progress)
+
+
+def test_interrupted_build_resumes_with_a_shared_embedder(small_corpus, tmp_path, embedder):
+    root = tmp_path / "idx"
+    with pytest.raises(KeyboardInterrupt):
+        build_index(str(small_corpus), root, shard_size=16, progress=False, embedder=_FailingEmbedder(2))
+    assert read_manifest(root) is None
+    finished = sorted(p.name for p in (root / ".build").glob("shard-*"))
+    assert finished == ["shard-00000.jsonl", "shard-00000.npy", "shard-00001.jsonl", "shard-00001.npy"]
+    assert not list((root / ".build").glob(".*"))  # no temp file left by the interrupted write
+    stamps = {p.name: p.stat().st_mtime_ns for p in (root / ".build").glob("shard-*")}
+    m = build_index(str(small_corpus), root, shard_size=16, progress=False, embedder=embedder)
+    assert {p.name: p.stat().st_mtime_ns for p in (root / ".build").glob("shard-*") if p.name in stamps} == stamps
+    assert m.passage_count == len(list(chunk_articles(open_corpus(small_corpus)))) > 2 * 16
+    assert m.embedding_model == embedder.name and load_manifest(root).files
+
+
 def test_index_info_cli(small_index, capsys):
     assert main(["index", "info", "--index-dir", str(small_index), "--verify"]) == 0
     out = capsys.readouterr().out
@@ -123,8 +155,6 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_auto_index_type_by_size():
-    from asymmetry.index.faiss_index import choose_index_type, create_index
-
     assert [choose_index_type(n) for n in (10_000, 200_000, 5_000_000)] == ["flat", "hnsw", "ivfpq"]
     assert choose_index_type(10, "ivfpq") == "ivfpq"
     with pytest.raises(AsymmetryError, match="unknown index type"):
@@ -134,8 +164,6 @@ def test_auto_index_type_by_size():
 
 
 def test_ivfpq_reranks_candidates_exactly_from_memory_mapped_vectors(small_index, small_corpus, tmp_path):
-    from asymmetry.retrieval import RetrievalConfig, Retriever
-
     root = tmp_path / "ivfpq"
     _copy_shards(small_index, root)
     m = build_index(str(small_corpus), root, index_type="ivfpq", shard_size=32, progress=False)
@@ -160,3 +188,31 @@ def test_ivfpq_reranks_candidates_exactly_from_memory_mapped_vectors(small_index
     (root / "vectors.npy").unlink()
     with pytest.raises(AsymmetryError, match="vectors.npy"):
         Retriever.open(root, config=RetrievalConfig(verify_checksums=False))
+
+
+def test_ensure_index_builds_only_a_missing_index(small_index, small_corpus, tmp_path, embedder):
+    before = (small_index / "manifest.json").stat().st_mtime_ns
+    assert ensure_index(IndexConfig(index_dir=str(small_index)), embedder=embedder, progress=False) == small_index
+    assert (small_index / "manifest.json").stat().st_mtime_ns == before  # there already: returned as it is
+    rows = small_corpus.read_text(encoding="utf-8").splitlines()[:3]
+    corpus = tmp_path / "three.jsonl"
+    corpus.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    cfg = Config.from_dict({"index": {"index_dir": str(tmp_path / "idx"), "corpus": str(corpus), "shard_size": 2}})
+    with pytest.raises(AsymmetryError, match=r"no complete index.*asymmetry index build.*ensure_index"):
+        Retriever.open(config=cfg)  # opening never builds
+    assert read_manifest(tmp_path / "idx") is None
+    root = ensure_index(cfg, embedder=embedder, progress=False)
+    m = load_manifest(root)
+    assert root == tmp_path / "idx" and m.article_count == 3 and m.build["shard_size"] == 2
+    assert Retriever.open(config=cfg, embedder=embedder).search("a", k=1, mode="dense")
+    with pytest.raises(TypeError, match="Config or IndexConfig"):
+        ensure_index(RetrievalConfig())
+
+
+def test_an_embedder_of_another_model_is_refused(small_index, small_corpus, tmp_path, embedder):
+    other = tmp_path / "my-minilm"
+    shutil.copytree(embedding_model_path(), other)  # a user's own local model folder
+    with pytest.raises(AsymmetryError, match="embedder passed to build_index.*embedding_model"):
+        build_index(str(small_corpus), tmp_path / "idx", embedding_model=str(other), embedder=embedder)
+    with pytest.raises(AsymmetryError, match="built with the embedding model 'all-MiniLM-L6-v2'.*embedder passed"):
+        Retriever.open(small_index, embedder=Embedder(str(other)))

@@ -3,10 +3,10 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from asymmetry.index.chunking import ChunkingConfig, chunk_article, split_sentences
-from asymmetry.index.corpus import Article, open_corpus
 
 from asymmetry.errors import ConfigError
+from asymmetry.index.chunking import ChunkingConfig, chunk_article, split_sentences
+from asymmetry.index.corpus import Article, open_corpus
 
 
 def test_split_sentences_respects_abbreviations_and_quotes():

@@ -6,14 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from asymmetry.index.corpus import READERS, open_corpus, register_reader, wikitext_to_text
 
+from asymmetry.defaults import package_dir
 from asymmetry.errors import AsymmetryError
+from asymmetry.index.corpus import READERS, open_corpus, register_reader, wikitext_to_text
 
 
 def gensim_dump() -> Path:
-    from asymmetry.defaults import package_dir
-
     found = sorted((package_dir("gensim") / "test" / "test_data").glob("enwiki-*-shortened*.bz2"))
     if not found:
         pytest.fail("gensim's shortened enwiki dump is missing: pip install --no-deps gensim==4.4.0")

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import pytest
-from asymmetry.retrieval import Passage, pack_passages
 
 from asymmetry.errors import AsymmetryError
+from asymmetry.retrieval import Passage, pack_passages
 
 
 @pytest.fixture(scope="module")

@@ -5,18 +5,19 @@ import shutil
 
 import numpy as np
 import pytest
-from asymmetry.index.embedding import embed
-from asymmetry.index.store import PassageStore
-from asymmetry.retrieval import Passage, RetrievalConfig, Retriever, reciprocal_rank_fusion, remove_near_duplicates
 
 from asymmetry.cli import main
 from asymmetry.config import Config
-from asymmetry.errors import AsymmetryError
+from asymmetry.embedder import embedding_model_path
+from asymmetry.errors import AsymmetryError, ConfigError
+from asymmetry.index.chunking import split_sentences
+from asymmetry.index.store import PassageStore
+from asymmetry.retrieval import Passage, RetrievalConfig, Retriever, reciprocal_rank_fusion, remove_near_duplicates
 
 
 @pytest.fixture(scope="module")
-def retriever(small_index):
-    return Retriever.open(small_index)
+def retriever(small_index, embedder):
+    return Retriever.open(small_index, embedder=embedder)
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +26,6 @@ def store(small_index):
 
 
 def _middle_sentence(text: str) -> str:
-    from asymmetry.index.chunking import split_sentences
-
     sentences = [s for s in split_sentences(text) if len(s.split()) >= 8]
     return sentences[len(sentences) // 2]
 
@@ -54,9 +53,10 @@ def test_hybrid_fuses_both_rankings(retriever):
     assert "Academy Awards" in [f.title for f in found]
 
 
-def test_shared_query_embedding_gives_the_same_result(retriever):
+def test_shared_query_embedding_gives_the_same_result(retriever, embedder):
     q = "the theory of evolution by natural selection"
-    vec = embed([q])[0]
+    assert retriever.embedder is embedder
+    vec = embedder.encode([q])[0]  # (D,)
     a = retriever.search(q, k=4, mode="dense")
     b = retriever.search(q, k=4, mode="dense", query_embedding=vec)
     c = retriever.search(q, k=4, mode="dense", query_embedding=vec.reshape(1, -1))
@@ -65,14 +65,14 @@ def test_shared_query_embedding_gives_the_same_result(retriever):
         retriever.search(q, query_embedding=np.zeros(10, dtype=np.float32))
 
 
-def test_near_duplicates_are_removed(retriever, store, small_corpus):
+def test_near_duplicates_are_removed(retriever, store, small_corpus, embedder):
     rows = [json.loads(line) for line in small_corpus.read_text().splitlines()]
     mirror = rows[-1]
     assert mirror["title"].endswith("(mirror)")
     found = retriever.search(_middle_sentence(mirror["text"]), k=5, mode="hybrid")
     texts = [f.text for f in found]
     assert texts.count(texts[0]) == 1 and texts[0] in mirror["text"]
-    raw = retriever.dense_ids(embed([_middle_sentence(mirror["text"])])[0], 5)
+    raw = retriever.dense_ids(embedder.encode([_middle_sentence(mirror["text"])])[0], 5)
     assert len({store.get([i])[0].text for i, _ in raw[:2]}) == 1  # the index does hold both copies
 
 
@@ -97,9 +97,15 @@ def test_bad_arguments(retriever):
     assert retriever.search("zzqxv", mode="lexical") == []
 
 
-def test_missing_index_dir(tmp_path):
-    with pytest.raises(AsymmetryError, match="no complete index.*asymmetry index build --index-dir"):
+def test_missing_index_dir_is_an_error_not_a_build(tmp_path):
+    with pytest.raises(AsymmetryError, match="no complete index.*asymmetry index build --index-dir.*ensure_index"):
         Retriever.open(tmp_path / "none")
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_retriever_without_an_embedder_makes_one_of_the_index_model(small_index):
+    r = Retriever.open(small_index, config=RetrievalConfig(verify_checksums=False))
+    assert r.embedder.name == r.manifest.embedding_model == "all-MiniLM-L6-v2"
 
 
 def test_damaged_index_file_is_reported_and_kept(small_index, tmp_path):
@@ -117,8 +123,6 @@ def test_damaged_index_file_is_reported_and_kept(small_index, tmp_path):
 
 
 def test_index_built_with_another_embedding_model(small_index, tmp_path):
-    from asymmetry.index.embedding import embedding_model_path
-
     other = tmp_path / "my-minilm"
     shutil.copytree(embedding_model_path(), other)  # a user's own local model folder
     cfg = Config.from_dict({"index": {"embedding_model": str(other)}})
@@ -139,8 +143,6 @@ def test_search_cli_json_and_text(small_index, capsys):
 
 
 def test_config_validation():
-    from asymmetry.errors import ConfigError
-
     with pytest.raises(ConfigError, match="retrieval.dedup_threshold"):
         RetrievalConfig(dedup_threshold=0)
     with pytest.raises(ConfigError, match="retrieval.mode"):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from asymmetry.router import DEFAULT_ROUTER_FILE
 
 from asymmetry.cli import main
+from asymmetry.router import DEFAULT_ROUTER_FILE, Router
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,6 @@ def test_train_then_eval_from_the_command_line(cli_router, labelled_jsonl, capsy
 
 
 def test_route_json_matches_the_library(small_examples, capsys):
-    from asymmetry.router import Router
-
     question = small_examples["heldout"][0].text
     rc = main(["route", question, "--json", "--router", str(DEFAULT_ROUTER_FILE)])
     out = json.loads(capsys.readouterr().out)

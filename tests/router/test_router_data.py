@@ -2,15 +2,24 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
-from asymmetry.router.data import PARTS, builtin_examples, load_mapping, read_jsonl
 
+from asymmetry.datasets import MC_DATASETS, OPEN_DATASETS
+from asymmetry.embedder import Embedder, embedding_model_path
 from asymmetry.errors import AsymmetryError
+from asymmetry.router.data import (
+    PARTS,
+    EmbeddingCache,
+    _split_source,
+    builtin_examples,
+    load_mapping,
+    read_jsonl,
+    source_parts,
+)
 
 
 def test_shipped_mapping_covers_every_dataset_once():
-    from asymmetry.datasets import MC_DATASETS, OPEN_DATASETS
-
     mapping = load_mapping()
     assert set(mapping) == {"science", "commonsense", "scholar"}
     mapped = [d for sets in mapping.values() for d in sets]
@@ -85,18 +94,14 @@ def test_jsonl_reader_splits_and_reports_bad_lines(tmp_path):
         read_jsonl(tmp_path / "nope.jsonl")
 
 
-def test_embedding_cache_reuses_and_repairs_its_files(small_examples, tmp_path):
-    import numpy as np
-    from asymmetry.index.embedding import embed
-    from asymmetry.router.data import EmbeddingCache
-
+def test_embedding_cache_reuses_and_repairs_its_files(small_examples, tmp_path, embedder):
     rows = small_examples["heldout"][:3]
-    cache = EmbeddingCache(root=tmp_path)
+    cache = EmbeddingCache(root=tmp_path, embedder=embedder)
     assert cache.model_name == "all-MiniLM-L6-v2"
     first = cache.vectors(rows, progress=False)  # (3, 384)
-    np.testing.assert_allclose(first, embed([e.text for e in rows]), atol=1e-5)
+    np.testing.assert_allclose(first, embedder.encode([e.text for e in rows]), atol=1e-5)
     files = list(tmp_path.glob("*.npz"))
-    assert len(files) == 1 and not list(tmp_path.glob(".*tmp"))
+    assert len(files) == 1 and not list(tmp_path.glob(".*"))  # no temp file left behind
     stamp = files[0].stat().st_mtime_ns
     np.testing.assert_array_equal(cache.vectors(rows, progress=False), first)
     assert files[0].stat().st_mtime_ns == stamp  # served from the cache, nothing rewritten
@@ -106,11 +111,14 @@ def test_embedding_cache_reuses_and_repairs_its_files(small_examples, tmp_path):
         assert z["vectors"].shape == (3, 384)
     with pytest.raises(AsymmetryError, match="no questions"):
         cache.vectors([])
+    other = tmp_path / "my-minilm"
+    other.symlink_to(embedding_model_path(), target_is_directory=True)
+    with pytest.raises(AsymmetryError, match="not the embedding model"):
+        EmbeddingCache(str(other), root=tmp_path, embedder=embedder)
+    assert EmbeddingCache(root=tmp_path, embedder=Embedder(str(other))).model_name == str(other.resolve())
 
 
 def test_question_cache_is_written_once_and_rebuilt_when_corrupt(monkeypatch, tmp_path):
-    from asymmetry.router.data import _split_source, source_parts
-
     monkeypatch.setenv("ASYMMETRY_HOME", str(tmp_path))
     parts = source_parts("arc_challenge")
     cached = tmp_path / "router" / "questions" / "arc_challenge.json"

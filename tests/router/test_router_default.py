@@ -7,12 +7,12 @@ import json
 
 import numpy as np
 import pytest
-from asymmetry.router import DEFAULT_ROUTER_FILE, Router
-from asymmetry.router.baselines import KeywordBaseline
-from asymmetry.router.metrics import classification_metrics, evaluate
 
 from asymmetry.config import Config
 from asymmetry.errors import AsymmetryError
+from asymmetry.router import DEFAULT_ROUTER_FILE, Router, default_router_path, home_router_path
+from asymmetry.router.baselines import KeywordBaseline
+from asymmetry.router.metrics import classification_metrics, evaluate
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,6 @@ def test_committed_router_routes_held_out_questions(default_router, small_exampl
 
 
 def test_default_location_prefers_a_retrained_router(monkeypatch, tmp_path, default_router):
-    from asymmetry.router import default_router_path, home_router_path
-
     monkeypatch.setenv("ASYMMETRY_HOME", str(tmp_path))
     assert default_router_path() == DEFAULT_ROUTER_FILE
     retrained = dataclasses.replace(default_router, threshold=0.77, manifest=dict(default_router.manifest))

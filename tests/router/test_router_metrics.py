@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from asymmetry.router.baselines import KeywordBaseline, NearestCentroid
-from asymmetry.router.metrics import classification_metrics, expected_calibration_error
 
 from asymmetry.errors import AsymmetryError
+from asymmetry.router.baselines import KeywordBaseline, NearestCentroid
+from asymmetry.router.metrics import classification_metrics, expected_calibration_error
 
 
 def test_classification_metrics_match_a_hand_count():

@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
-from asymmetry.router import Router
-from asymmetry.router.metrics import evaluate
-from asymmetry.router.model import fit_temperature
 
+from asymmetry.embedder import Embedder
 from asymmetry.errors import AsymmetryError
+from asymmetry.router import Router, RouterConfig
+from asymmetry.router.config import HEAD_LR, HEADS
+from asymmetry.router.metrics import evaluate
+from asymmetry.router.model import RouterTrainSettings, fit_temperature
+from asymmetry.router.pipeline import train_router
 
 
 def test_small_router_learns_the_labels(small_router, small_examples, small_vectors):
@@ -38,7 +42,8 @@ def test_temperature_scaling_does_not_increase_calibration_nll(small_router, sma
 
 def test_save_load_roundtrip_is_atomic_and_checked(small_router, small_vectors, tmp_path, default_experts):
     path = small_router.save(tmp_path / "r")
-    assert path == tmp_path / "r" / "router.json" and not list(path.parent.glob(".*tmp"))
+    assert path == tmp_path / "r" / "router.json" and not list(path.parent.glob(".*"))  # no temp file left
+    assert path.stat().st_mode & 0o777 == 0o644
     manifest = json.loads(path.read_text())["manifest"]
     assert manifest["embedding_model"] == "all-MiniLM-L6-v2" and manifest["dim"] == 384
     assert manifest["experts"] == ["commonsense", "scholar", "science", "general"]
@@ -56,6 +61,8 @@ def test_save_load_roundtrip_is_atomic_and_checked(small_router, small_vectors, 
     other_model.mkdir()
     with pytest.raises(AsymmetryError, match="trained on embeddings of 'all-MiniLM-L6-v2'.*retrain"):
         Router.load(path, embedding_model=str(other_model))
+    with pytest.raises(AsymmetryError, match="embedder passed to Router.load"):
+        Router.load(path, embedder=Embedder(str(other_model)))
     with pytest.raises(AsymmetryError, match="384-d embeddings"):
         loaded.route(np.zeros(768, dtype=np.float32))
     with pytest.raises(AsymmetryError, match="no router at"):
@@ -65,20 +72,31 @@ def test_save_load_roundtrip_is_atomic_and_checked(small_router, small_vectors, 
         Router.load(path)
 
 
-def test_route_text_embeds_with_the_router_model(small_router, small_examples, small_vectors):
+def test_route_text_embeds_with_the_router_model(small_router, small_examples, small_vectors, embedder):
     text = small_examples["heldout"][0].text
-    r = small_router.route_text(text)
-    expected = small_router.route(small_vectors["heldout"][0])
+    router = dataclasses.replace(small_router, embedder=embedder)
+    r = router.route_text(text)
+    expected = router.route(small_vectors["heldout"][0])
     assert r.label == expected.label and r.confidence == pytest.approx(expected.confidence, abs=1e-4)
+    assert [x.label for x in router.route_text([text, text])] == [r.label, r.label]
     with pytest.raises(AsymmetryError, match="non-empty"):
-        small_router.route_text("  ")
+        router.route_text("  ")
 
 
-def test_adding_an_expert_is_one_retrain_and_checked_against_the_registry(small_examples, tmp_path, default_experts):
+def test_train_settings_follow_the_config_head():
+    assert RouterTrainSettings().head == RouterConfig().head
+    for head in HEADS:
+        assert RouterTrainSettings(head=head).lr == HEAD_LR[head]
+        s = RouterTrainSettings.from_config(RouterConfig(head=head, hidden=16, epochs=3))
+        assert (s.head, s.hidden, s.epochs, s.lr) == (head, 16, 3, HEAD_LR[head])
+    assert RouterTrainSettings(head="mlp", lr=0.1).lr == 0.1
+    with pytest.raises(AsymmetryError, match="unknown"):
+        RouterTrainSettings(head="tree")
+
+
+def test_adding_an_expert_is_one_retrain_and_checked_against_the_registry(small_examples, tmp_path, default_experts,
+                                                                           embedder):
     """TriviaQA questions move from `scholar` to a new `trivia` expert through a mapping edit plus user JSONL."""
-    from asymmetry.router import RouterConfig
-    from asymmetry.router.pipeline import train_router
-
     mapping = tmp_path / "mapping.toml"
     mapping.write_text('[experts]\nscience = ["arc_easy", "sciq"]\ncommonsense = ["social_iqa", "piqa"]\n'
                        'scholar = ["mmlu", "nq_open"]\n')
@@ -90,9 +108,10 @@ def test_adding_an_expert_is_one_retrain_and_checked_against_the_registry(small_
     cfg = RouterConfig(mapping=str(mapping), max_train_per_source=20, max_calibration_per_source=10,
                        max_heldout_per_source=10)
     with pytest.raises(AsymmetryError, match=r"\['trivia'\] are not experts"):
-        train_router(cfg, data_files=[str(data)], expert_names=default_experts, save=False)
+        train_router(cfg, data_files=[str(data)], expert_names=default_experts, save=False, embedder=embedder)
     router, report = train_router(cfg, data_files=[str(data)], expert_names=[*default_experts, "trivia"],
-                                  out=tmp_path / "r.json", progress=False)
+                                  out=tmp_path / "r.json", progress=False, embedder=embedder)
+    assert router.embedder is embedder
     assert router.labels == ["commonsense", "scholar", "science", "trivia"]
     assert report.confusion.shape == (4, 4) and report.metrics["recall_trivia"] > 0
     assert router.manifest["data"]["counts"]["train"]["file:router_trivia_questions.jsonl"] == 20

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from asymmetry.sampling import Branch, Generator, SamplerConfig
-from asymmetry.sampling.stages import Mixture
 
 from asymmetry.errors import AsymmetryError
+from asymmetry.sampling import Branch, Generator, SamplerConfig
+from asymmetry.sampling.stages import Mixture
 
 
 class RecordingMixture(Mixture):
@@ -23,11 +23,12 @@ class RecordingMixture(Mixture):
 
 @pytest.fixture(scope="module")
 def two_adapters():
-    from asymmetry.experts.base import load_private_copy
     from peft import LoraConfig, get_peft_model
 
-    # a private copy: the shared base may already carry the expert registry's LoRA layers from earlier tests
-    private = load_private_copy()
+    from asymmetry.experts import load_model
+
+    # a private copy (not from the pool): these random adapters are trained into the model object they wrap
+    private = load_model()
     torch.manual_seed(0)
     cfg = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     model = get_peft_model(private.model, cfg, adapter_name="a")

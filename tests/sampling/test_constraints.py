@@ -7,6 +7,7 @@ import re
 
 import jsonschema
 import pytest
+
 from asymmetry.sampling import SamplerConfig
 
 SCHEMA = {
@@ -62,6 +63,7 @@ def test_everything_stacks_and_stays_in_the_grammar(gen):
     assert stats["rows"] == 2 and stats["mean_surprise_bits"] is not None
     # Every generated token was allowed: the grammar's own matcher accepts the whole output as a prefix.
     import xgrammar as xgr
+
     from asymmetry.sampling.grammar import compile_grammar
 
     matcher = xgr.GrammarMatcher(compile_grammar(gen.tokenizer, gen.vocab_size, grammar=grammar))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from asymmetry.sampling import Branch, SamplerConfig
 from asymmetry.sampling.stages import CFG
 
@@ -92,8 +93,9 @@ def test_stream_deltas_join_to_text_and_stop_strings_cut(gen):
     cfg = SamplerConfig(temperature=0.7, max_tokens=40, seed=5)
     prompt = gen.chat_prompt("List five fruits, one per line.")
     full = gen.generate(prompt, cfg)
-    deltas = list(gen.stream(prompt, cfg))
-    assert "".join(deltas) == gen.last.text == full.text
+    stream = gen.stream(prompt, cfg)
+    deltas = list(stream)
+    assert "".join(deltas) == stream.result.text == full.text
     assert len(deltas) > 3
     # Stop on a string that occurs in the unconstrained output: the text ends right before it.
     stop = full.text.strip().split()[1][:3]

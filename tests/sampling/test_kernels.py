@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+
 from asymmetry.sampling.kernels import SmallBatchLinear, _small_linear, wants_small_batch
 
 

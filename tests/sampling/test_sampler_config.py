@@ -6,13 +6,13 @@ import argparse
 
 import pytest
 import torch
+
+from asymmetry.config import Config
+from asymmetry.errors import AsymmetryError, ConfigError
 from asymmetry.sampling import SamplerConfig
 from asymmetry.sampling.chain import ChainContext, build_chain
 from asymmetry.sampling.cli import add_sampler_arguments, sampler_config_from_args
 from asymmetry.sampling.stages import CFG, MinP, Mirostat, Penalties, Temperature, TopK, TopP
-
-from asymmetry.config import Config
-from asymmetry.errors import AsymmetryError, ConfigError
 
 
 @pytest.mark.parametrize(

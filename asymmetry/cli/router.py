@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+
+from asymmetry.errors import AsymmetryError
+from asymmetry.router.model import Router
+from asymmetry.router.pipeline import evaluate_router, train_router
 
 
 def register(sub) -> None:
@@ -67,20 +72,12 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 1
 
 
-def _expert_names(cfg) -> list[str] | None:
-    """The experts the registry defines, or None while the experts package has no registry."""
-    try:
-        from asymmetry.experts import ExpertRegistry
-    except ImportError:
-        return None
-    return list(ExpertRegistry.from_config(cfg.experts).names())
+def _expert_names(cfg) -> list[str]:
+    """The experts the config defines (its [experts] section; the router needs only their names)."""
+    return [spec.name for spec in cfg.experts.specs()]
 
 
-def _load(args, threshold: float | None = None):
-    import dataclasses
-
-    from asymmetry.router.model import Router
-
+def _load(args, threshold: float | None = None) -> Router:
     cfg = args.cfg
     changes = {"path": args.router} if args.router else {}
     if threshold is not None:
@@ -90,7 +87,7 @@ def _load(args, threshold: float | None = None):
 
 
 def _print_report(report, console) -> None:
-    from rich.table import Table
+    from rich.table import Table  # rich: only to print reports (keeps `asymmetry --help` fast)
 
     m = report.metrics
     console.print(
@@ -114,10 +111,7 @@ def _print_report(report, console) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from asymmetry.router.pipeline import train_router
-    from rich.console import Console
+    from rich.console import Console  # rich: only to print reports (keeps `asymmetry --help` fast)
 
     cfg = args.cfg.router
     changes = {}
@@ -143,8 +137,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from asymmetry.router.pipeline import evaluate_router
-    from rich.console import Console
+    from rich.console import Console  # rich: only to print reports (keeps `asymmetry --help` fast)
 
     router = _load(args)
     report = evaluate_router(router, args.cfg.router, data_files=args.data, builtin=not args.only_data)
@@ -159,8 +152,6 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _route(args: argparse.Namespace) -> int:
-    from asymmetry.errors import AsymmetryError
-
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise AsymmetryError(f"--threshold {args.threshold} is outside [0, 1]: use a probability such as 0.5")
     if not args.question.strip():

@@ -5,6 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from asymmetry.config import EvalConfig
+from asymmetry.errors import AsymmetryError
+from asymmetry.eval.mcfile import export_rows, write_mc_csv
+from asymmetry.eval.runner import run_mc
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -63,9 +68,6 @@ def register(sub) -> None:
 
 
 def _mc(args) -> int:
-    from asymmetry.eval.config import EvalConfig
-    from asymmetry.eval.runner import run_mc
-
     overrides = {}
     if args.normalize:
         overrides["normalize"] = args.normalize
@@ -95,10 +97,6 @@ def _mc(args) -> int:
 
 
 def _export(args) -> int:
-    from asymmetry.eval.mcfile import export_rows, write_mc_csv
-
-    from asymmetry.errors import AsymmetryError
-
     if args.limit is not None and args.limit < 1:
         raise AsymmetryError(f"invalid --limit {args.limit}: use a positive integer")
     rows = export_rows(args.name, args.split, args.limit)

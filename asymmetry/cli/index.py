@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 
+from asymmetry.index.build import build_index
 from asymmetry.index.config import INDEX_TYPES
+from asymmetry.index.manifest import WORK_DIR, load_manifest, read_manifest, resolve_index_dir
 
 
 def register(sub) -> None:
@@ -43,8 +46,6 @@ def register(sub) -> None:
 
 
 def _build(args) -> int:
-    from asymmetry.index.build import build_index
-
     cfg = args.cfg.index
     m = build_index(
         corpus=args.corpus or cfg.corpus,
@@ -57,26 +58,20 @@ def _build(args) -> int:
         rebuild=args.rebuild,
         progress=not args.no_progress,
     )
-    from asymmetry.index.manifest import resolve_index_dir
-
     print(f"index ready in {resolve_index_dir(args.index_dir or cfg.index_dir)}: {m.passage_count} passages from "
           f"{m.article_count} articles, {m.index_type} {json.dumps(m.index_params)}, {m.embedding_model}")
     return 0
 
 
 def _info(args) -> int:
-    from asymmetry.index.manifest import load_manifest, read_manifest, resolve_index_dir
-
     root = resolve_index_dir(args.index_dir or args.cfg.index.index_dir)
     m = load_manifest(root, verify=True) if args.verify else read_manifest(root)
     if m is None:
-        shards = sorted((root / ".build").glob("shard-*.jsonl")) if (root / ".build").is_dir() else []
+        shards = sorted((root / WORK_DIR).glob("shard-*.jsonl")) if (root / WORK_DIR).is_dir() else []
         state = f"; a build is in progress or was interrupted ({len(shards)} shards finished)" if shards else ""
         print(f"{root}: no complete index{state}. Build it with: asymmetry index build --index-dir {root}")
         return 1
     if args.json:
-        from dataclasses import asdict
-
         print(json.dumps(asdict(m), indent=2, ensure_ascii=False))
         return 0
     size = sum(f["bytes"] for f in m.files.values())

@@ -1,30 +1,30 @@
 """The ``asymmetry`` command line.
 
-Each subpackage contributes its own subcommands through ``<package>/cli.py:register(subparsers)``; this module only
-assembles them, loads the config and turns :class:`AsymmetryError` into a one-line message and exit code 2.
-Heavy imports (torch, transformers, faiss) happen inside the handlers, so ``--help`` is fast.
+Every command lives in the application layer: ``asymmetry/commands.py`` (ask, chat, generate) and one module per
+concern in this package (``index``, ``search``, ``experts``, ``router``, ``eval``), each with
+``register(subparsers)``. This module assembles them, loads the config and turns :class:`AsymmetryError` into a
+one-line message and exit code 2. Heavy third-party libraries (faiss, transformers' models) load when a command
+runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import signal
 import sys
 
+from asymmetry import commands, defaults
+from asymmetry.cli import eval as eval_cli
+from asymmetry.cli import experts as experts_cli
+from asymmetry.cli import index as index_cli
+from asymmetry.cli import router as router_cli
+from asymmetry.cli import search as search_cli
+from asymmetry.config import Config
 from asymmetry.errors import AsymmetryError
 
 # Modules that add subcommands, in the order they appear in --help.
-COMMAND_MODULES = [
-    "asymmetry.commands",
-    "asymmetry.index.cli",
-    "asymmetry.retrieval.cli",
-    "asymmetry.sampling.cli",
-    "asymmetry.experts.cli",
-    "asymmetry.router.cli",
-    "asymmetry.eval.cli",
-]
+COMMAND_MODULES = [commands, index_cli, search_cli, experts_cli, router_cli, eval_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,18 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help="TOML config file (default: $ASYMMETRY_CONFIG or built-ins)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # that subpackage has no commands (yet)
-                continue
-            raise
+    for module in COMMAND_MODULES:
         module.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    defaults.ensure_offline()
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.INFO if args.verbose else logging.WARNING
@@ -60,8 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     if sys.stdin.isatty():  # Ctrl-C works at a terminal even when launched from a shell that ignores SIGINT (nohup, &)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        from asymmetry.config import Config
-
         args.cfg = Config.load(args.config)
         return int(args.func(args) or 0)
     except AsymmetryError as exc:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from asymmetry.embedder import Embedder
+from asymmetry.errors import AsymmetryError
+from asymmetry.index.build import ensure_index
 from asymmetry.retrieval.config import MODES
+from asymmetry.retrieval.retriever import Retriever
 
 
 def register(sub) -> None:
@@ -24,13 +28,11 @@ def register(sub) -> None:
 
 
 def _search(args) -> int:
-    from asymmetry.retrieval.retriever import Retriever
-
-    from asymmetry.errors import AsymmetryError
-
     if args.k is not None and args.k < 1:
         raise AsymmetryError(f"invalid -k {args.k}: pass a positive number of passages")
-    retriever = Retriever.open(args.index_dir, config=args.cfg)
+    embedder = Embedder(args.cfg.index.embedding_model)  # one model for a first-use build and for the query
+    index_dir = args.index_dir or ensure_index(args.cfg, embedder=embedder)  # --index-dir names a built index
+    retriever = Retriever.open(index_dir, config=args.cfg, embedder=embedder)
     passages = retriever.search(args.query, k=args.k, mode=args.mode)
     if args.json:
         out = [{"rank": r, "id": p.id, "title": p.title, "text": p.text, "url": p.url, "score": p.score,

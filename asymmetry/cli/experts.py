@@ -6,6 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
+from asymmetry import defaults
+from asymmetry.eval.compare import compare_expert
+from asymmetry.experts.data import load_training_file
+from asymmetry.experts.registry import ExpertRegistry
+from asymmetry.experts.training import AdapterTrainSettings, train_adapter, train_default
+
 
 def register(sub) -> None:
     p = sub.add_parser("expert", help="list, train and compare experts (LoRA adapters on shared base models)",
@@ -81,8 +87,6 @@ def register(sub) -> None:
 
 
 def _registry(args):
-    from asymmetry.experts.registry import ExpertRegistry
-
     return ExpertRegistry.from_config(args.cfg.experts)
 
 
@@ -107,11 +111,6 @@ def cmd_list(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from asymmetry.experts.data import load_training_file
-    from asymmetry.experts.training import TrainSettings, train_adapter
-
-    from asymmetry import defaults
-
     registry = _registry(args)
     known = registry.get(args.name) if args.name in registry else None
     base = args.base or (known.base if known else "smollm2")
@@ -119,7 +118,7 @@ def cmd_train(args) -> int:
     report = load_training_file(args.data, on_error="skip" if args.skip_bad_lines else "stop", style=args.style)
     for lineno, why in report.bad_lines:
         print(f"skipped {args.data}:{lineno}: {why}")
-    settings = TrainSettings(
+    settings = AdapterTrainSettings(
         rank=args.rank, alpha=args.alpha, dropout=args.dropout, lr=args.lr, epochs=args.epochs,
         max_steps=args.max_steps, batch_size=args.batch_size, max_length=args.max_length, eval_size=args.eval_size,
         checkpoint_every=args.checkpoint_every, seed=args.seed, top_layers=args.top_layers,
@@ -138,8 +137,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_train_defaults(args) -> int:
-    from asymmetry.experts.training import train_default
-
     for name in args.names:
         r = train_default(name, args.out, resume=args.resume)
         print(f"{name}: {r.adapter_dir} ({r.steps} steps, {r.seconds:.0f} s, train loss {r.train_loss:.4f}, "
@@ -148,8 +145,6 @@ def cmd_train_defaults(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from asymmetry.experts.scoring import compare_expert
-
     datasets = None
     if args.dataset:
         datasets = [tuple(d.split(":", 1)) if ":" in d else (d, "validation") for d in args.dataset]

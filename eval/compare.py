@@ -1,0 +1,97 @@
+"""``expert compare``: an expert against its bare base on its domain's validation questions, in the same batches.
+
+Each question is rendered in the expert's training format (its system prompt, the question as the user turn;
+``lettered`` lists the options and scores each letter as the first reply token), and every option is scored as
+the reply by :func:`asymmetry.eval.scoring.score_batch` — the project's one option scorer — with the expert's
+adapter on one row and ``__base__`` on the next, so base and expert see identical prompts in the same forwards.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from asymmetry.errors import AsymmetryError
+from asymmetry.eval.metrics import option_metrics, paired_option_stats
+from asymmetry.eval.scoring import score_batch
+from asymmetry.experts import BASE_ROW, ExpertRegistry
+from asymmetry.experts.data import DEFAULT_RECIPES, LETTERS, mc_messages, split_questions
+from asymmetry.experts.prompts import render_prompt, with_system
+
+
+def sample_questions(dataset: str, split: str, limit: int | None, seed: int = 0) -> list:
+    """A reproducible random subset (``limit`` questions) of a validation split (see ``data.split_questions``)."""
+    questions = [q for q in split_questions(dataset, split, seed) if q.answer is not None]
+    if limit and len(questions) > limit:
+        questions = random.Random(f"eval-{dataset}-{split}-{seed}").sample(questions, limit)
+    return questions
+
+
+def question_prompt(tokenizer, question, *, style: str = "cloze", system_prompt: str | None = None,
+                    template: str | None = None) -> tuple[str, list[str]]:
+    """The prompt before the reply and the option strings scored as replies (option texts, or letters)."""
+    messages = with_system(mc_messages(question.question, question.options, None, style), system_prompt)
+    prefix = render_prompt(tokenizer, messages, template)
+    options = list(question.options) if style == "cloze" else list(LETTERS[: len(question.options)])
+    return prefix, options
+
+
+def option_scores(model, tokenizer, questions: list, *, style: str = "cloze", system_prompt: str | None = None,
+                  template: str | None = None, adapter_names: list[str] | None = None, lock: Any = None,
+                  batch_questions: int = 8, progress: bool = False) -> list[list[tuple[float, int]]]:
+    """For each (question, adapter) pair, ``(sum log-prob, n tokens)`` per option, ordered question-major:
+    ``[q0/name0, q0/name1, ..., q1/name0, ...]``. Without ``adapter_names`` the model runs as it is."""
+    names = adapter_names or [None]
+    results: list[list[tuple[float, int]]] = []
+    bar = tqdm(total=len(questions), desc="scoring options", unit="question", disable=not progress)
+    for start in range(0, len(questions), batch_questions):
+        chunk = questions[start:start + batch_questions]
+        prefixes, options, rows = [], [], []
+        for q in chunk:
+            prefix, opts = question_prompt(tokenizer, q, style=style, system_prompt=system_prompt, template=template)
+            for name in names:
+                prefixes.append(prefix)
+                options.append(opts)
+                rows.append(name)
+        scored = score_batch(model, tokenizer, prefixes, options, lock=lock,
+                             adapter_names=rows if adapter_names else None)
+        results.extend([list(zip(s.loglik, s.n_tokens)) for s in scored])
+        bar.update(len(chunk))
+    bar.close()
+    return results
+
+
+def compare_expert(registry: ExpertRegistry, name: str, *, datasets: list[tuple[str, str]] | None = None,
+                   limit: int | None = 100, style: str | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Expert vs its bare base on validation data, scored in the same batches (peft per-row adapters).
+
+    Returns one row per dataset: ``{"dataset", "split", "n", "base_accuracy", "expert_accuracy", "base_gold_prob",
+    "expert_gold_prob", ...}`` plus :func:`paired_option_stats` (gain in p(gold) with its paired standard error,
+    and the questions only one side gets right).
+    """
+    expert = registry.get(name)
+    if not expert.adapter:
+        raise AsymmetryError(f"expert {name!r} has no adapter: it IS its base, there is nothing to compare")
+    recipe = DEFAULT_RECIPES.get(name, {})
+    datasets = datasets or recipe.get("eval")
+    if not datasets:
+        raise AsymmetryError(f"no validation sets known for expert {name!r}: pass --dataset NAME[:SPLIT]")
+    style = style or recipe.get("style", "cloze")
+    handle = registry.model(name)
+    rows = []
+    for dataset, split in datasets:
+        questions = sample_questions(dataset, split, limit)
+        scores = option_scores(handle.model, handle.tokenizer, questions, style=style,
+                               system_prompt=expert.system_prompt, template=expert.prompt_template,
+                               adapter_names=[handle.row_name, BASE_ROW], lock=handle.lock, progress=progress)
+        answers = [q.answer for q in questions]
+        m_exp, m_base = option_metrics(answers, scores[0::2]), option_metrics(answers, scores[1::2])
+        row = {"dataset": dataset, "split": split, "n": len(questions), "style": style}
+        for key in ("accuracy", "accuracy_sum", "gold_prob"):
+            row[f"base_{key}"] = round(m_base[key], 4)
+            row[f"expert_{key}"] = round(m_exp[key], 4)
+        row.update({k: round(v, 4) for k, v in paired_option_stats(answers, scores[0::2], scores[1::2]).items()})
+        rows.append(row)
+    return rows
