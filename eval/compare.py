@@ -18,7 +18,7 @@ from asymmetry.eval.metrics import option_metrics, paired_option_stats
 from asymmetry.eval.scoring import score_batch
 from asymmetry.experts import BASE_ROW, ExpertRegistry
 from asymmetry.experts.data import DEFAULT_RECIPES, LETTERS, mc_messages, split_questions
-from asymmetry.experts.prompts import render_prompt, with_system
+from asymmetry.experts.prompts import render_prompt
 
 
 def sample_questions(dataset: str, split: str, limit: int | None, seed: int = 0) -> list:
@@ -32,7 +32,7 @@ def sample_questions(dataset: str, split: str, limit: int | None, seed: int = 0)
 def question_prompt(tokenizer, question, *, style: str = "cloze", system_prompt: str | None = None,
                     template: str | None = None) -> tuple[str, list[str]]:
     """The prompt before the reply and the option strings scored as replies (option texts, or letters)."""
-    messages = with_system(mc_messages(question.question, question.options, None, style), system_prompt)
+    messages = mc_messages(question.question, question.options, None, style, system=system_prompt)
     prefix = render_prompt(tokenizer, messages, template)
     options = list(question.options) if style == "cloze" else list(LETTERS[: len(question.options)])
     return prefix, options

@@ -13,6 +13,7 @@ Names understood by :func:`resolve_model`:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -161,11 +162,26 @@ def load_model(spec: str | os.PathLike | None = None, placement: Placement | Non
         kwargs["quantization_config"] = _quantization_config(placement.quantization,
                                                              cpu_offload=placement.device_map is not None)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    with _quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedBase(name=name, path=path, model=model, tokenizer=tokenizer)
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """No transformers "Loading weights" bar for a local folder that loads in a second (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def _quantization_config(kind: str, cpu_offload: bool = False):

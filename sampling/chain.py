@@ -97,6 +97,10 @@ class Chain:
 
     def __init__(self, stages: list):
         self.stages = list(stages)
+        self._index()
+
+    def _index(self) -> None:
+        """Which stages are stateful, the grammar, mirostat and the combiners (looked up once, by type)."""
         self._stateful = [s for s in self.stages if hasattr(s, "accept")]
         self._grammar = next((s for s in self.stages if isinstance(s, GrammarMask)), None)
         self._mirostat = next((s for s in self.stages if isinstance(s, Mirostat)), None)
@@ -114,7 +118,8 @@ class Chain:
 
     def prepend(self, stage) -> None:
         """Run ``stage`` first (a request's combiner, e.g. a mixture of adapters)."""
-        self.__init__([stage, *self.stages])
+        self.stages.insert(0, stage)
+        self._index()
 
     @property
     def combiners(self) -> list[BranchCombiner]:

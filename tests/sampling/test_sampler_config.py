@@ -44,7 +44,7 @@ def test_config_from_toml_dict_and_stage_order_is_data():
     chain = build_chain(cfg.sampler, ChainContext(vocab_size=100))
     assert [s.name for s in chain] == ["mirostat", "top_k", "temperature"]
     default_chain = build_chain(SamplerConfig(temperature=1.0), ChainContext(vocab_size=100))
-    assert default_chain == []  # plain sampling at temperature 1 runs no stage at all
+    assert default_chain.stages == []  # plain sampling at temperature 1 runs no stage at all
     with pytest.raises(ConfigError, match="sampler.stages"):
         Config.from_dict({"sampler": {"stages": ["bogus"]}})
 
