@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from asymmetry.config import Config
-from asymmetry.engine import AUTO, Answer, AnswerStream, Engine, Plan, Request, Source, sampler_with
+from asymmetry.engine import AUTO, Answer, AnswerStream, Engine, Plan, Request, Source
 from asymmetry.experts import ModelPool
 
 __all__ = ["Answer", "AnswerStream", "Assistant", "Chat", "Source"]
@@ -90,15 +90,6 @@ class Chat:
 
     def __repr__(self) -> str:
         return f"Chat(turns={len(self.history) // 2}, defaults={self.defaults})"
-
-    def set(self, **changes) -> None:
-        """Change the defaults of the next turns (``sampler`` fields merge into the current sampler settings)."""
-        if "sampler" in changes and isinstance(changes["sampler"], dict):
-            base = self.defaults.get("sampler") or self.assistant.config.sampler
-            if isinstance(base, dict):
-                base = sampler_with(self.assistant.config.sampler, base)
-            changes["sampler"] = sampler_with(base, changes["sampler"])
-        self.defaults.update(changes)
 
     def stream(self, text: str, **overrides) -> AnswerStream:
         """Stream one turn; the turn joins the history when the stream ends (interrupted turns too)."""

@@ -243,6 +243,8 @@ class Engine:
         self._router: Router | None = None
         self._retriever: Retriever | None = None
         self._build_lock = threading.Lock()  # held only while a part is constructed
+        self._bare = Expert(name=BARE, description="the bare default base model, no adapter", base=DEFAULT_BASE,
+                            adapter=None, system_prompt=None, retrieval=True, k=self.config.retrieval.k)
 
     def __repr__(self) -> str:
         loaded = [n for n, v in (("experts", self._experts), ("router", self._router), ("retriever", self._retriever))
@@ -290,14 +292,8 @@ class Engine:
     def expert(self, name: str) -> tuple[Expert, ExpertModel]:
         """A named expert, or ``"base"`` (the bare default base), with its model from the pool."""
         if name == BARE:
-            registry = self.experts
-            bare = Expert(name=BARE, description="the bare default base model, no adapter", base=DEFAULT_BASE,
-                          adapter=None, system_prompt=None, retrieval=True, k=self.config.retrieval.k)
-            return bare, self.pool.base(DEFAULT_BASE, registry.placement).bare()
+            return self._bare, self.pool.base(DEFAULT_BASE, self.experts.placement).bare()
         return self.experts.get(name), self.experts.model(name)
-
-    def expert_names(self) -> list[str]:
-        return self.experts.names()
 
     # -- planning ----------------------------------------------------------------------------------------------------
 
@@ -335,9 +331,17 @@ class Engine:
             raise AsymmetryError(f"expert={request.expert!r}: pass an expert name, 'auto' or 'base'")
         return request.question.strip()
 
+    def _needs_embedding(self, request: Request) -> bool:
+        """The router needs the question's vector; so does retrieval, unless it searches with other text."""
+        if request.expert in (None, AUTO):
+            return True
+        spec = self._bare if request.expert == BARE else self.experts.get(request.expert)
+        use_retrieval = spec.retrieval if request.retrieval is None else bool(request.retrieval)
+        return use_retrieval and request.retrieval_query is None
+
     def _embed_step(self, requests, questions, timings) -> list[np.ndarray | None]:
         """One batch through the embedder for every question the router or the retriever will need."""
-        need = [i for i, r in enumerate(requests) if r.expert in (None, AUTO) or r.retrieval is not False]
+        need = [i for i, r in enumerate(requests) if self._needs_embedding(r)]
         out: list[np.ndarray | None] = [None] * len(requests)
         if need:
             t0 = time.perf_counter()

@@ -156,7 +156,8 @@ class ModelPool:
     should share models (the engine's experts, an evaluation, the tests of one session)."""
 
     def __init__(self) -> None:
-        self._bases: dict[tuple, PooledBase] = {}
+        self._bases: dict[tuple, PooledBase] = {}  # (model folder, placement) -> base
+        self._by_spec: dict[tuple, PooledBase] = {}  # (name or path as given, placement) -> base: no lookup per request
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -168,9 +169,14 @@ class ModelPool:
     def base(self, spec: str | os.PathLike | None = None, placement: Placement | None = None) -> PooledBase:
         """The pooled base for a model name or path (see :func:`resolve_model`), loaded on first use."""
         placement = placement or Placement()
-        _, path = resolve_model(spec)
+        given = (str(spec or ""), placement.key())
+        known = self._by_spec.get(given)
+        if known is not None:
+            return known
+        _, path = resolve_model(spec)  # may convert a GGUF once; stats files, so it runs once per spec
         key = (str(path), placement.key())
         with self._lock:  # loads are rare; holding the pool lock keeps one load per key
             if key not in self._bases:
                 self._bases[key] = PooledBase(load_model(spec, placement), placement)
+            self._by_spec[given] = self._bases[key]
             return self._bases[key]
