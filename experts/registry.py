@@ -34,9 +34,10 @@ class Expert:
     prompt_template: str | None = None
 
     def messages(self, question: str, passages: str | None = None,
-                 history: list[dict[str, str]] | None = None) -> list[dict[str, str]]:
-        """Chat messages for one turn: system prompt (+ packed passages), earlier turns, the question."""
-        return build_messages(question, system=self.system_prompt, passages=passages, history=history)
+                 history: list[dict[str, str]] | None = None, instruction: str | None = None) -> list[dict[str, str]]:
+        """Chat messages for one turn: system prompt (+ instruction, + packed passages), earlier turns, the question."""
+        return build_messages(question, system=self.system_prompt, passages=passages, history=history,
+                              instruction=instruction)
 
     def render(self, tokenizer, messages: list[dict[str, str]]) -> str:
         """The prompt text: the expert's ``prompt_template`` if set, else the model's chat template."""
@@ -96,7 +97,7 @@ class ExpertRegistry:
 
     def __init__(self, specs: list[ExpertSpec], *, default: str | None = None, pool: ModelPool | None = None,
                  dtype: str = "float32", device_map: Any = None, max_memory: dict | None = None,
-                 offload_folder: str | None = None, quantization: str | None = None):
+                 offload_folder: str | None = None, quantization: str | None = None, quantize: str = "auto"):
         self._experts: dict[str, Expert] = {}
         for spec in specs:
             if spec.name in self._experts:
@@ -109,7 +110,7 @@ class ExpertRegistry:
         self.default = default or next(iter(self._experts), None)
         self.pool = pool if pool is not None else ModelPool()
         self.placement = Placement(dtype=dtype, device_map=device_map, max_memory=max_memory,
-                                   offload_folder=offload_folder, quantization=quantization)
+                                   offload_folder=offload_folder, quantization=quantization, quantize=quantize)
         self._checked: set[str] = set()  # experts whose adapter folder was validated against its base
         self._lock = threading.Lock()
 
@@ -117,7 +118,8 @@ class ExpertRegistry:
     def from_config(cls, cfg: ExpertsConfig | None = None, pool: ModelPool | None = None) -> ExpertRegistry:
         cfg = cfg or ExpertsConfig()
         return cls(cfg.specs(), default=cfg.default, pool=pool, dtype=cfg.dtype, device_map=cfg.device_map,
-                   max_memory=cfg.max_memory, offload_folder=cfg.offload_folder, quantization=cfg.quantization)
+                   max_memory=cfg.max_memory, offload_folder=cfg.offload_folder, quantization=cfg.quantization,
+                   quantize=cfg.quantize)
 
     # --- lookup ---------------------------------------------------------------------------------------------------
     def names(self) -> list[str]:

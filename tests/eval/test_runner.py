@@ -1,4 +1,4 @@
-"""``asymmetry eval mc`` end to end on real shipped questions and the real default model (bare base, no retrieval)."""
+"""``asymmetry eval mc`` end to end on real shipped questions and the real default base (bare, no retrieval)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from asymmetry.cli import main
 from asymmetry.config import EvalConfig
+from asymmetry.engine import Engine
 from asymmetry.errors import AsymmetryError
 from asymmetry.eval.mcfile import export_rows, read_mc_csv, write_mc_csv
 from asymmetry.eval.runner import run_mc
@@ -28,12 +29,18 @@ def base_cfg():
 
 
 @pytest.fixture(scope="module")
-def full_run(smollm, arc_csv, base_cfg, tmp_path_factory):
+def engine(pool):
+    """The default config's engine on the session's model pool (the bare base is loaded once)."""
+    return Engine(pool=pool)
+
+
+@pytest.fixture(scope="module")
+def full_run(engine, arc_csv, base_cfg, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    return out, run_mc(arc_csv, out, base_cfg, progress=False)
+    return out, run_mc(arc_csv, out, base_cfg, engine=engine, progress=False)
 
 
-def test_outputs(full_run, arc_csv, smollm):
+def test_outputs(full_run, arc_csv, engine):
     out, _ = full_run
     rows = read_mc_csv(arc_csv)
     with open(out / "submission.csv", newline="") as fh:
@@ -44,7 +51,8 @@ def test_outputs(full_run, arc_csv, smollm):
         assert len(letters) == 3 and len(set(letters)) == 3 and set(letters) <= set(row.letters)
     # the ranking is the model's: the top letter is the option that score_options likes best
     first = rows[0]
-    scores = score_options(smollm.model, smollm.tokenizer, f"Question: {first.prompt}\nAnswer:",
+    _, bare = engine.expert("base")
+    scores = score_options(bare.model, bare.tokenizer, f"Question: {first.prompt}\nAnswer:",
                            [" " + o for o in first.options.values()])
     assert sub[0]["prediction"][0] == first.letters[max(range(len(scores)), key=scores.__getitem__)]
     saved = json.loads((out / "report.json").read_text())
@@ -55,7 +63,7 @@ def test_outputs(full_run, arc_csv, smollm):
     assert (out / "accuracy_by_expert.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_resume_after_interruption(full_run, arc_csv, base_cfg, tmp_path):
+def test_resume_after_interruption(full_run, arc_csv, base_cfg, engine, tmp_path):
     out, report = full_run
     lines = (out / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == N
@@ -63,11 +71,11 @@ def test_resume_after_interruption(full_run, arc_csv, base_cfg, tmp_path):
     (tmp_path / "predictions.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])
     (tmp_path / "run.json").write_text((out / "run.json").read_text())
     with pytest.raises(AsymmetryError, match="pass --resume to continue it"):
-        run_mc(arc_csv, tmp_path, base_cfg, progress=False)
+        run_mc(arc_csv, tmp_path, base_cfg, engine=engine, progress=False)
     with pytest.raises(AsymmetryError, match="setting normalize was 'none', now 'char'"):
-        run_mc(arc_csv, tmp_path, EvalConfig(retrieval=False, expert="base", normalize="char"), resume=True,
-               progress=False)
-    resumed = run_mc(arc_csv, tmp_path, base_cfg, resume=True, progress=False, plot=False)
+        run_mc(arc_csv, tmp_path, EvalConfig(retrieval=False, expert="base", normalize="char"), engine=engine,
+               resume=True, progress=False)
+    resumed = run_mc(arc_csv, tmp_path, base_cfg, engine=engine, resume=True, progress=False, plot=False)
     assert resumed["timings"]["scored_this_run"] == N - 2
     assert (tmp_path / "submission.csv").read_text() == (out / "submission.csv").read_text()
     assert resumed["map@3"] == pytest.approx(report["map@3"])

@@ -24,10 +24,21 @@ def test_builtin_experts_and_default():
     reg = ExpertRegistry.from_config(ExpertsConfig())
     assert reg.names() == ["science", "commonsense", "general", "scholar"]
     assert reg.default == "general"
+    assert {reg.get(n).base for n in reg.names()} == {"qwen2.5-coder-1.5b"}  # one shared base
+    assert all(reg.get(n).sampler["temperature"] == 0 for n in reg.names())  # deterministic factual answers
+    assert reg.get("science").negative_prompt
+
+
+def test_small_lineup_keeps_the_lora_experts():
+    reg = ExpertRegistry.from_config(ExpertsConfig(lineup="small"))
+    assert reg.names() == ["science", "commonsense", "general", "scholar"]
     assert reg.get("general").adapter is None
     assert reg.get("scholar").base == "qwen2.5-coder-0.5b"
     assert reg.get("science").adapter.endswith("experts/adapters/science")
-    assert reg.get("science").negative_prompt
+    with pytest.raises(ConfigError, match="experts.lineup"):
+        ExpertsConfig(lineup="huge")
+    with pytest.raises(ConfigError, match="experts.quantize"):
+        ExpertsConfig(quantize="int3")
 
 
 def test_experts_from_toml_tables():
@@ -74,7 +85,7 @@ def test_unknown_expert_lists_the_choices():
 
 
 def test_mixed_batch_needs_one_base():
-    reg = ExpertRegistry.from_config(ExpertsConfig())
+    reg = ExpertRegistry.from_config(ExpertsConfig(lineup="small"))
     with pytest.raises(AsymmetryError, match="one base"):
         reg.batch_kwargs(["science", "scholar"])
 

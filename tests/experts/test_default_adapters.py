@@ -10,13 +10,14 @@ from __future__ import annotations
 import pytest
 
 from asymmetry.eval.compare import compare_expert
-from asymmetry.experts import ExpertRegistry
+from asymmetry.experts import ExpertRegistry, ExpertsConfig
 
 
 @pytest.fixture(scope="module")
 def registry(pool):
-    """The built-in experts on the session's shared bases (adapters are named per row, so sharing is safe)."""
-    return ExpertRegistry.from_config(pool=pool)
+    """The small line-up's LoRA experts on the session's shared bases (adapters are named per row, so sharing is
+    safe)."""
+    return ExpertRegistry.from_config(ExpertsConfig(lineup="small"), pool=pool)
 
 
 @pytest.mark.parametrize("expert, dataset", [("science", ("sciq", "validation:eval")),
