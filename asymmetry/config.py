@@ -55,7 +55,7 @@ class AssistantConfig:
 
 NORMALIZATIONS = ("none", "token", "char")
 RETRIEVAL_QUERIES = ("question", "question+options")
-PROMPT_STYLES = ("plain", "chat")
+PROMPT_STYLES = ("auto", "plain", "chat")
 
 
 @dataclass
@@ -71,7 +71,8 @@ class EvalConfig:
     normalize: str = "none"
     cfg_scale: float = 1.0
     unconditional_prefix: str = "Answer:"
-    prompt_style: str = "plain"  # plain: the templates below; chat: the expert's chat template (its training format)
+    prompt_style: str = "auto"  # plain: the templates below; chat: the expert's chat template (its training format);
+    # auto: chat for an expert with a LoRA adapter (scored in the format it was trained in), plain for a bare base
     prompt_template: str = "Question: {question}\nAnswer:"
     context_template: str = "{context}\n\n"
     option_template: str = " {option}"

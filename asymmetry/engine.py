@@ -47,15 +47,16 @@ log = logging.getLogger(__name__)
 
 BARE = "base"  # the default expert's base model bare: no adapter, no system prompt (``eval mc --expert base``)
 AUTO = "auto"  # let the router choose
-BRIEF_INSTRUCTION = "Answer the question directly, in one or two sentences."
+BRIEF_INSTRUCTION = "Answer the question directly, in one short sentence."
+NOT_IN_SOURCES = "(not in the sources)"
 CITE_INSTRUCTION = (
     f"{BRIEF_INSTRUCTION} Use the numbered Wikipedia passages below when they contain the answer and cite the ones "
-    "you used like [1]. If they do not contain the answer, say \"The sources do not say.\" and then answer from "
-    "your own knowledge, marked \"(from my own knowledge)\"."
+    "you used like [1]. If they do not contain the answer, still answer from your own knowledge, and end with "
+    f"{NOT_IN_SOURCES}."
 )
 NO_SOURCES_INSTRUCTION = (
-    f"{BRIEF_INSTRUCTION} No Wikipedia passage was found that answers it: say \"The sources do not say.\" and then "
-    "answer from your own knowledge, marked \"(from my own knowledge)\"."
+    f"{BRIEF_INSTRUCTION} No Wikipedia passage answers it: answer from your own knowledge, and end with "
+    f"{NOT_IN_SOURCES}."
 )
 
 

@@ -73,7 +73,8 @@ def compare_expert(registry: ExpertRegistry, name: str, *, datasets: list[tuple[
     """
     expert = registry.get(name)
     if not expert.adapter:
-        raise AsymmetryError(f"expert {name!r} has no adapter: it IS its base, there is nothing to compare")
+        raise AsymmetryError(f"expert {name!r} has no adapter: it IS its base, there is nothing to compare (the "
+                             f"LoRA experts are in the small line-up: set [experts] lineup = \"small\" in --config)")
     recipe = DEFAULT_RECIPES.get(name, {})
     datasets = datasets or recipe.get("eval")
     if not datasets:

@@ -58,9 +58,16 @@ class Prepared:
         return self.plan.expert.name
 
 
+def _style(cfg: EvalConfig, plan: Plan) -> str:
+    """``auto``: a LoRA expert is scored in its own training format (chat), a bare base with the plain templates."""
+    if cfg.prompt_style == "auto":
+        return "chat" if plan.expert.adapter else "plain"
+    return cfg.prompt_style
+
+
 def _render(cfg: EvalConfig, plan: Plan, question: str) -> tuple[str, str]:
     """``(prefix, unconditional prefix)``: the expert's chat format, or the plain templates."""
-    if cfg.prompt_style == "chat":
+    if _style(cfg, plan) == "chat":
         spec, tokenizer = plan.expert, plan.model.tokenizer
         prefix = spec.render(tokenizer, spec.messages(question, plan.context or None))  # the expert's training format
         return prefix, render_prompt(tokenizer, [{"role": "user", "content": ""}], spec.prompt_template)
@@ -68,8 +75,8 @@ def _render(cfg: EvalConfig, plan: Plan, question: str) -> tuple[str, str]:
     return head + cfg.prompt_template.format(question=question), cfg.unconditional_prefix
 
 
-def _option_text(cfg: EvalConfig, option: str) -> str:
-    return option if cfg.prompt_style == "chat" else cfg.option_template.format(option=option)
+def _option_text(cfg: EvalConfig, plan: Plan, option: str) -> str:
+    return option if _style(cfg, plan) == "chat" else cfg.option_template.format(option=option)
 
 
 def _settings(cfg: EvalConfig, path: Path, n: int, retrieval: bool, expert: str, retrieval_mode: str) -> dict:
@@ -112,7 +119,7 @@ def _prepare(engine: Engine, rows: list[MCRow], cfg: EvalConfig, retrieval: bool
     prepared = []
     for row, plan in zip(rows, plans):
         prefix, uncond = _render(cfg, plan, row.prompt)
-        prepared.append(Prepared(row, plan, prefix, uncond, [_option_text(cfg, o) for o in row.options.values()]))
+        prepared.append(Prepared(row, plan, prefix, uncond, [_option_text(cfg, plan, o) for o in row.options.values()]))
     return prepared
 
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from asymmetry.atomic import atomic_dir, atomic_path
 from asymmetry.errors import AsymmetryError, ConfigError
 from asymmetry.experts.base import LoadedBase, load_model
-from asymmetry.experts.config import BUILTIN_EXPERTS, adapters_package_dir
+from asymmetry.experts.config import SMALL_EXPERTS, adapters_package_dir
 from asymmetry.experts.data import DEFAULT_RECIPES, ChatExample, default_examples
 from asymmetry.experts.prompts import with_system
 from asymmetry.experts.tokens import answer_loss, encode_example, left_pad
@@ -363,7 +363,7 @@ def train_default(name: str, out_root: str | Path | None = None, *, resume: bool
     if name not in DEFAULT_RECIPES:
         raise AsymmetryError(f"no default recipe for {name!r}: choose from {', '.join(DEFAULT_RECIPES)}")
     recipe = DEFAULT_RECIPES[name]
-    spec = next(e for e in BUILTIN_EXPERTS if e.name == name)
+    spec = next(e for e in SMALL_EXPERTS if e.name == name)  # the small line-up carries the LoRA experts
     settings = AdapterTrainSettings(**recipe["settings"])
     desc = ", ".join(f"{d} {sp}" + (f" (first {n} shuffled)" if n else "") for d, sp, n in recipe["train"])
     return train_adapter(

@@ -49,7 +49,9 @@ def register(sub) -> None:
     m.add_argument("--cfg-scale", type=float, metavar="S",
                    help="classifier-free guidance scale against the unconditional prefix; 1 = off "
                    "(default: [eval] cfg_scale)")
-    m.add_argument("--prompt-style", choices=["plain", "chat"], help="prompt rendering (default: [eval] prompt_style)")
+    m.add_argument("--prompt-style", choices=["auto", "plain", "chat"],
+                   help="prompt rendering: auto (an expert with an adapter in its chat format, a bare base plain), "
+                        "plain or chat (default: [eval] prompt_style)")
     m.add_argument("--k", type=int, metavar="N", help="passages retrieved per question (default: [eval] k)")
     m.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     m.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out and start over")
