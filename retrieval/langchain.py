@@ -16,7 +16,8 @@ from asymmetry.retrieval.retriever import Retriever
 
 class WikipediaRetriever(BaseRetriever):
     """``WikipediaRetriever(index_dir=None, k=5, mode="hybrid").invoke("question")`` (``k`` may also be passed to
-    ``invoke``). ``index_dir=None`` uses the default index, built on first use. ``retriever`` (an open
+    ``invoke``, and so may ``rerank=True/False``; a reranked document's ``score`` is the cross-encoder's logit).
+    ``index_dir=None`` uses the default index, built on first use. ``retriever`` (an open
     :class:`Retriever`) or ``embedder`` (a shared :class:`Embedder`) may be passed in."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -41,7 +42,8 @@ class WikipediaRetriever(BaseRetriever):
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
                                 k: int | None = None, **kwargs: Any) -> list[Document]:
-        passages = self.retriever.search(query, k=k or self.k, mode=kwargs.get("mode", self.mode))
+        passages = self.retriever.search(query, k=k or self.k, mode=kwargs.get("mode", self.mode),
+                                         rerank=kwargs.get("rerank"))
         return [
             Document(page_content=p.text, id=str(p.id),
                      metadata={"title": p.title, "url": p.url, "score": p.score, "passage_id": p.id, **p.metadata})

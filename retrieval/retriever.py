@@ -6,6 +6,10 @@ from the shell). ``search(query, k, mode, query_embedding=None)`` returns :class
 removed. The router and the retriever share one query embedding: pass it as ``query_embedding`` (shape (D,) or
 (1, D)); without it the retriever embeds the query with its :class:`~asymmetry.embedder.Embedder`.
 
+With ``retrieval.rerank`` the top ``retrieval.rerank_depth`` fused, de-duplicated candidates are rescored by a
+cross-encoder (:mod:`asymmetry.retrieval.rerank`, loaded once per retriever on first use) and
+``retrieval.rerank_min_score`` drops the passages it judges not to answer.
+
 Shapes: Q queries (always 1 here), D embedding dimensions, C candidates.
 """
 
@@ -26,10 +30,15 @@ from asymmetry.index.faiss_index import apply_search_params, rerank
 from asymmetry.index.lexical import bm25_tokenize
 from asymmetry.index.store import PassageStore
 from asymmetry.retrieval.config import MODES, RetrievalConfig
+from asymmetry.retrieval.rerank import CrossEncoderReranker, passage_text
 
 
 @dataclass
 class Passage:
+    """One retrieved passage. ``score``: the cross-encoder's logit when the search reranked (the fusion's score is
+    then in ``metadata["fused_score"]``, its 1-based rank before reranking in ``metadata["fused_rank"]``), else the
+    cosine similarity (dense), the BM25 score (lexical) or the RRF score (hybrid)."""
+
     id: int
     title: str
     text: str
@@ -82,7 +91,7 @@ class Retriever:
 
     def __init__(self, index_dir: Path, manifest: mf.Manifest, index, store: PassageStore, bm25,
                  config: RetrievalConfig, vectors: np.ndarray | None = None, refine: int = 0,
-                 embedder: Embedder | None = None):
+                 embedder: Embedder | None = None, reranker: CrossEncoderReranker | None = None):
         self.index_dir = index_dir
         self.manifest = manifest
         self.index = index
@@ -93,17 +102,20 @@ class Retriever:
         self.refine = refine if vectors is not None else 0
         self._embedder = embedder  # None: made from the manifest's model when a query is first embedded
         self._lock = threading.Lock()
+        self._reranker = reranker  # None: made from retrieval.rerank_model when a search first reranks
+        self._reranker_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------------- opening
     @classmethod
     def open(cls, index_dir: str | os.PathLike | None = None, *, config=None,
-             embedder: Embedder | None = None) -> Retriever:
+             embedder: Embedder | None = None, reranker: CrossEncoderReranker | None = None) -> Retriever:
         """Open a built index: ``index_dir``, else the config's ``index.index_dir``, else the default index.
 
         ``config`` is the assistant's ``Config`` (its ``index.embedding_model`` must match the index) or a
         ``RetrievalConfig``. ``embedder`` embeds queries given as text (it must be the index's model); by default
-        the retriever makes its own when it first needs one. A folder without a complete index is an error: build it
-        with ``asymmetry index build`` or ``asymmetry.index.ensure_index`` first.
+        the retriever makes its own when it first needs one. ``reranker`` likewise (by default one of
+        ``retrieval.rerank_model``, its folder checked here when ``retrieval.rerank`` is on). A folder without a
+        complete index is an error: build it with ``asymmetry index build`` or ``asymmetry.index.ensure_index`` first.
         """
         import faiss  # heavy: only when an index is opened
 
@@ -148,7 +160,9 @@ class Retriever:
         vectors = _open_vectors(root, manifest) if refine else None  # (N, D)
         store = PassageStore(root / mf.STORE_NAME)
         bm25 = _open_bm25(root) if (root / mf.BM25_DIR).is_dir() else None
-        return cls(root, manifest, index, store, bm25, rcfg, vectors, refine, embedder)
+        if reranker is None and rcfg.rerank:
+            reranker = CrossEncoderReranker(rcfg.rerank_model)  # checks the folder now; the session loads lazily
+        return cls(root, manifest, index, store, bm25, rcfg, vectors, refine, embedder, reranker)
 
     # ----------------------------------------------------------------------------------------------- searching
     @property
@@ -159,13 +173,27 @@ class Retriever:
                 self._embedder = Embedder(self.manifest.embedding_model)
             return self._embedder
 
+    @property
+    def reranker(self) -> CrossEncoderReranker:
+        """The cross-encoder: the one passed to :meth:`open`, else one of ``retrieval.rerank_model``."""
+        with self._reranker_lock:
+            if self._reranker is None:
+                self._reranker = CrossEncoderReranker(self.config.rerank_model)
+            return self._reranker
+
     def embed_query(self, query: str) -> np.ndarray:
         """The normalised query embedding (D,) with the index's embedding model."""
         return self.embedder.encode([query])[0]  # (D,)
 
     def search(self, query: str, k: int | None = None, mode: str | None = None,
-               query_embedding: np.ndarray | None = None) -> list[Passage]:
-        """The top ``k`` passages for ``query``: ``mode`` is "hybrid" (default), "dense" or "lexical"."""
+               query_embedding: np.ndarray | None = None, rerank: bool | None = None) -> list[Passage]:
+        """The top ``k`` passages for ``query``: ``mode`` is "hybrid" (default), "dense" or "lexical".
+
+        ``rerank`` (default ``retrieval.rerank``): rescore the top ``retrieval.rerank_depth`` candidates (after fusion
+        and near-duplicate removal) with the cross-encoder, sort by its logit (then ``Passage.score``; the fusion's
+        score moves to ``metadata["fused_score"]``), keep ``k`` and drop those below ``retrieval.rerank_min_score``
+        (so fewer than ``k``, even none, may come back). ``rerank_min_score`` is ignored without reranking.
+        """
         k = self.config.k if k is None else k
         mode = mode or self.config.mode
         if not isinstance(k, int) or k < 1:
@@ -174,7 +202,9 @@ class Retriever:
             raise AsymmetryError(f"invalid mode={mode!r}: use one of {', '.join(MODES)}")
         if not isinstance(query, str) or not query.strip():
             raise AsymmetryError("the query is empty: pass a question or keywords")
-        depth = max(k * self.config.oversample, self.config.fusion_depth if mode == "hybrid" else 0)
+        use_rerank = self.config.rerank if rerank is None else bool(rerank)
+        want = max(k, self.config.rerank_depth) if use_rerank else k  # candidates kept after near-duplicate removal
+        depth = max(want * self.config.oversample, self.config.fusion_depth if mode == "hybrid" else 0)
         depth = min(depth, self.manifest.passage_count)
         dense: list[tuple[int, float]] = []
         lexical: list[tuple[int, float]] = []
@@ -190,15 +220,15 @@ class Retriever:
             ranked = lexical
         else:
             ranked = reciprocal_rank_fusion([[i for i, _ in dense], [i for i, _ in lexical]], self.config.rrf_k)
-        ranked = ranked[: max(depth, k)]
+        ranked = ranked[: max(depth, want)]
         dense_rank = {pid: r for r, (pid, _) in enumerate(dense, 1)} if mode == "hybrid" else {}
         lexical_rank = {pid: r for r, (pid, _) in enumerate(lexical, 1)} if mode == "hybrid" else {}
         kept: list[Passage] = []
         dedup = self.config.dedup_threshold < 1.0
-        seen = np.empty((k, NUM_HASHES), dtype=np.uint32)  # (K, H) signatures of the kept passages
+        seen = np.empty((want, NUM_HASHES), dtype=np.uint32)  # (K, H) signatures of the kept passages
         pos = 0
-        while len(kept) < k and pos < len(ranked):  # fetch only as many rows as near-duplicate removal needs
-            batch = ranked[pos : pos + k - len(kept)]
+        while len(kept) < want and pos < len(ranked):  # fetch only as many rows as near-duplicate removal needs
+            batch = ranked[pos : pos + want - len(kept)]
             pos += len(batch)
             for (pid, score), sp in zip(batch, self.store.get([pid for pid, _ in batch])):
                 if dedup:
@@ -210,7 +240,22 @@ class Retriever:
                 if mode == "hybrid":
                     meta = {**meta, "dense_rank": dense_rank.get(pid), "lexical_rank": lexical_rank.get(pid)}
                 kept.append(Passage(pid, sp.title, sp.text, sp.url, float(score), meta))
-        return kept
+        return self.rerank_passages(query, kept, k) if use_rerank else kept
+
+    def rerank_passages(self, query: str, passages: list[Passage], k: int | None = None) -> list[Passage]:
+        """``passages`` rescored by the cross-encoder and sorted by its logit (ties keep their order): at most ``k``,
+        those below ``retrieval.rerank_min_score`` dropped. Returns new :class:`Passage` objects whose ``score`` is
+        the logit; the old score and 1-based rank go to ``metadata["fused_score"]`` and ``metadata["fused_rank"]``."""
+        min_score = self.config.rerank_min_score
+        scores = self.reranker.score(query, [passage_text(p.title, p.text) for p in passages])  # (C,)
+        out: list[Passage] = []
+        for i in sorted(range(len(passages)), key=lambda i: (-scores[i], i)):
+            if (k is not None and len(out) >= k) or (min_score is not None and scores[i] < min_score):
+                break
+            p = passages[i]
+            meta = {**p.metadata, "fused_score": p.score, "fused_rank": i + 1}
+            out.append(Passage(p.id, p.title, p.text, p.url, float(scores[i]), meta))
+        return out
 
     def dense_ids(self, query_embedding: np.ndarray, depth: int) -> list[tuple[int, float]]:
         q = np.asarray(query_embedding, dtype=np.float32).reshape(1, -1)  # (Q, D)

@@ -13,6 +13,8 @@ import pytest
 from asymmetry.assistant import Assistant
 from asymmetry.eval.answers import score_answer
 
+pytestmark = pytest.mark.slow  # 30 answers of the 1.5B base: about 10 minutes on 2 cores (python -m pytest -m slow)
+
 QUESTIONS = [json.loads(line) for line in (Path(__file__).parent.parent / "data" / "common_knowledge.jsonl")
              .read_text(encoding="utf-8").splitlines() if line.strip()]
 

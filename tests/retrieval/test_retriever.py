@@ -17,7 +17,8 @@ from asymmetry.retrieval import Passage, RetrievalConfig, Retriever, reciprocal_
 
 @pytest.fixture(scope="module")
 def retriever(small_index, embedder):
-    return Retriever.open(small_index, embedder=embedder)
+    """The first stage (dense, lexical, fusion, near-duplicates) alone; reranking is tested in test_rerank.py."""
+    return Retriever.open(small_index, config=RetrievalConfig(rerank=False), embedder=embedder)
 
 
 @pytest.fixture(scope="module")
@@ -131,12 +132,16 @@ def test_index_built_with_another_embedding_model(small_index, tmp_path):
     assert Retriever.open(small_index, config=Config()).manifest.passage_count > 0
 
 
-def test_search_cli_json_and_text(small_index, capsys):
+def test_search_cli_json_and_text(small_index, capsys, tmp_path):
     assert main(["search", "Academy Awards for film", "-k", "3", "--index-dir", str(small_index), "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert len(out) == 3 and {"title", "text", "score", "url"} <= set(out[0])
-    assert out[0]["score"] >= out[-1]["score"]
-    assert main(["search", "Academy Awards for film", "-k", "2", "--index-dir", str(small_index)]) == 0
+    out = json.loads(capsys.readouterr().out)  # reranked by default: passages below rerank_min_score are dropped
+    assert 1 <= len(out) <= 3 and {"title", "text", "score", "url"} <= set(out[0])
+    assert out[0]["title"] == "Academy Awards" and "fused_score" in out[0]["metadata"]
+    assert [o["score"] for o in out] == sorted((o["score"] for o in out), reverse=True)
+    cfg = tmp_path / "asymmetry.toml"
+    cfg.write_text("[retrieval]\nrerank = false\n")
+    assert main(["--config", str(cfg), "search", "Academy Awards for film", "-k", "2", "--index-dir",
+                 str(small_index)]) == 0
     text = capsys.readouterr().out
     assert text.startswith("[1] ") and "score" in text and "[2] " in text
     assert main(["search", "x", "-k", "0", "--index-dir", str(small_index)]) == 2
