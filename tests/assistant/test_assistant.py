@@ -1,4 +1,5 @@
-"""The assistant end to end on the embedded defaults: real router, real FAISS index, real SmolLM2 experts."""
+"""The assistant end to end on the embedded defaults: real router, real FAISS index and reranker, the default
+line-up's experts on the real Qwen2.5-Coder-1.5B base."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def bot(pool):
 
 def test_ask_routes_retrieves_and_cites(bot):
     answer = bot.ask("Who developed the theory of general relativity?", sampler=SHORT)
-    assert answer.text.strip()
+    assert "einstein" in answer.text.lower(), answer.text  # the README's example, deterministic (greedy) by default
     assert answer.expert in bot.experts.names()
     assert answer.sources, "retrieval is on by default"
     titles = " ".join(s.title for s in answer.sources)
