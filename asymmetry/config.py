@@ -31,6 +31,7 @@ from typing import Any
 from asymmetry.errors import AsymmetryError, ConfigError
 from asymmetry.experts.config import ExpertsConfig
 from asymmetry.index.config import IndexConfig
+from asymmetry.integrity import finite_number, positive_int
 from asymmetry.retrieval.config import RetrievalConfig
 from asymmetry.router.config import RouterConfig
 from asymmetry.sampling.config import SamplerConfig
@@ -45,12 +46,11 @@ class AssistantConfig:
     mixture_margin: float = 0.15  # "close": top-1 minus top-2 probability at most this
 
     def __post_init__(self):
-        if not isinstance(self.context_tokens, int) or self.context_tokens < 256:
-            raise ConfigError("assistant.context_tokens", self.context_tokens, "use an integer >= 256, e.g. 2048")
+        positive_int("assistant.context_tokens", self.context_tokens, "use an integer >= 256, e.g. 2048", minimum=256)
         if not isinstance(self.mixture, bool):
             raise ConfigError("assistant.mixture", self.mixture, "use true or false")
-        if not (0.0 <= float(self.mixture_margin) <= 1.0):
-            raise ConfigError("assistant.mixture_margin", self.mixture_margin, "use a probability gap in [0, 1]")
+        self.mixture_margin = finite_number("assistant.mixture_margin", self.mixture_margin,
+                                            "use a probability gap in [0, 1]", minimum=0.0, maximum=1.0)
 
 
 NORMALIZATIONS = ("none", "token", "char")
@@ -86,14 +86,11 @@ class EvalConfig:
 
     def __post_init__(self):
         for name in ("batch_size", "k", "context_tokens", "top"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"eval.{name}", value, "use a positive integer")
+            positive_int(f"eval.{name}", getattr(self, name))
         if self.normalize not in NORMALIZATIONS:
             raise ConfigError("eval.normalize", self.normalize, f"use one of {', '.join(NORMALIZATIONS)}")
-        if isinstance(self.cfg_scale, bool) or not isinstance(self.cfg_scale, (int, float)) or self.cfg_scale < 0:
-            raise ConfigError("eval.cfg_scale", self.cfg_scale, "use a non-negative number; 1.0 turns CFG off")
-        self.cfg_scale = float(self.cfg_scale)
+        self.cfg_scale = finite_number("eval.cfg_scale", self.cfg_scale, "use a non-negative number; 1.0 turns CFG off",
+                                       minimum=0.0)
         if "{question}" not in self.prompt_template:
             raise ConfigError("eval.prompt_template", self.prompt_template, "include the {question} placeholder")
         if "{context}" not in self.context_template:
@@ -159,6 +156,20 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def override(section: Any, flags: dict[str, Any]) -> Any:
+    """A copy of the config ``section`` with the command-line ``flags`` that were given (not None) applied, validated
+    by the section's own ``__post_init__``: a flag accepts exactly what the TOML key accepts. An error names the flag
+    and the key."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        return dataclasses.replace(section, **given)
+    except ConfigError as exc:
+        key = exc.field.rsplit(".", 1)[-1]
+        if key in given:
+            raise ConfigError(f"--{key.replace('_', '-')} ({exc.field})", exc.value, exc.fix) from None
+        raise
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:

@@ -48,7 +48,9 @@ from asymmetry.index.config import IndexConfig
 from asymmetry.index.corpus import Corpus, open_corpus
 from asymmetry.index.faiss_index import choose_index_type, create_index
 from asymmetry.index.lexical import LEXICAL_SPEC, bm25_tokenize
+from asymmetry.index.prebuilt import embed_with_prebuilt
 from asymmetry.index.store import write_store
+from asymmetry.integrity import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -79,24 +81,62 @@ def _shard_paths(work: Path, i: int) -> tuple[Path, Path]:
     return work / f"shard-{i:05d}.npy", work / f"shard-{i:05d}.jsonl"
 
 
+def _shard_record_path(work: Path, i: int) -> Path:
+    return work / f"shard-{i:05d}.json"
+
+
 def _save_shard(work: Path, i: int, chunks: list[Chunk], vectors: np.ndarray) -> None:
-    """Vectors first, then passages: a finished ``.jsonl`` marks a finished shard."""
+    """Vectors, then passages, then the shard's record (its passage count and both files' SHA-256): the record marks
+    a finished shard, and a resumed build reuses the shard only when both files still match it."""
     npy, jsonl = _shard_paths(work, i)
     with atomic_path(npy, suffix=".npy") as tmp:
         np.save(tmp, vectors)  # (B, D)
     atomic_write_text(jsonl, "".join(json.dumps({"title": c.title, "text": c.text, "url": c.url,
                                                  "metadata": c.metadata}, ensure_ascii=False) + "\n" for c in chunks))
+    atomic_write_json(_shard_record_path(work, i), {"passages": len(chunks), "dim": int(vectors.shape[1]),
+                                                    "sha256": {npy.name: sha256_file(npy), jsonl.name: sha256_file(jsonl)}})
 
 
-def _shard_done(work: Path, i: int, expected: int) -> bool:
+def _shard_problem(work: Path, i: int, expected: int) -> str | None:
+    """Why shard ``i`` cannot be reused (None: it is finished and intact, holding ``expected`` passages)."""
     npy, jsonl = _shard_paths(work, i)
-    if not (npy.is_file() and jsonl.is_file()):
-        return False
+    try:
+        record = json.loads(_shard_record_path(work, i).read_text(encoding="utf-8"))
+        passages, sums = int(record["passages"]), dict(record["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its record shard-NNNNN.json is missing or damaged"
+    if passages != expected:
+        return f"it holds {passages} passages, this build puts {expected} in it"
+    for f in (npy, jsonl):
+        if not f.is_file():
+            return f"{f.name} is missing"
+        if sha256_file(f) != sums.get(f.name):
+            return f"{f.name} does not match its checksum"
     try:
         rows = np.load(npy, mmap_mode="r").shape[0]
     except (ValueError, OSError):
+        rows = -1
+    with open(jsonl, "rb") as fh:
+        lines = sum(1 for _ in fh)
+    if rows != expected or lines != expected:
+        return f"it holds {rows} vectors and {lines} passages, its record says {expected}"
+    return None
+
+
+def _shard_done(work: Path, i: int, expected: int) -> bool:
+    """True when shard ``i`` is finished and intact. A shard that exists but fails its checks is re-embedded, with
+    a warning naming it; one that was never started (or whose write was cut short) is embedded silently."""
+    npy, jsonl = _shard_paths(work, i)
+    if not (npy.is_file() and jsonl.is_file()):
         return False
-    return rows == expected
+    problem = _shard_problem(work, i, expected)
+    if problem is None:
+        return True
+    if _shard_record_path(work, i).is_file():
+        log.warning("embedding shard %s is damaged (%s): re-embedding it", npy.with_suffix(""), problem)
+    else:
+        log.info("shard %s has no record (an interrupted write or an older build): embedding it", npy.with_suffix(""))
+    return False
 
 
 def _batched(chunks: Iterator[Chunk], size: int) -> Iterator[list[Chunk]]:
@@ -227,6 +267,7 @@ class _Shards:
     count: int = 0
     passages: int = 0
     articles: int = 0
+    reused: int = 0  # passages whose vectors came from the shipped table (index/prebuilt.py)
 
 
 @dataclass
@@ -254,8 +295,10 @@ def _build_locked(job: _Job) -> mf.Manifest:
 
 def _existing_index(job: _Job) -> mf.Manifest | None:
     """The folder's complete index when it is this build's (up to date); an error when it is another build's."""
+    if job.rebuild:  # a rebuild replaces whatever is there, a damaged manifest included
+        return None
     existing = mf.read_manifest(job.root)
-    if existing is None or job.rebuild:
+    if existing is None:
         return None
     if existing.build == job.spec and job.index_type in ("auto", existing.index_type) and not job.index_params:
         log.info("index in %s is up to date", job.root)
@@ -264,25 +307,31 @@ def _existing_index(job: _Job) -> mf.Manifest | None:
         f"{job.root} already holds a complete index ({existing.index_type}, {existing.passage_count} passages of "
         f"{existing.corpus.get('source')}, embedded with {existing.embedding_model}) that differs from this "
         "build: pass --rebuild to replace it (it stays usable until the new one is complete) or choose another "
-        "--index-dir"
+        f"--index-dir; to rebuild the index that is there: {mf.rebuild_command(job.root, existing)}"
     )
 
 
 def _prepare_work_area(work: Path, spec: dict) -> None:
-    """Keep the shards of this build (a resume), discard those of another, and record the spec."""
+    """Keep the shards of this build (a resume), discard those of another build of the same corpus (other settings
+    or an edited file), refuse to discard those of another corpus, and record the spec."""
     work.mkdir(exist_ok=True)
     for leftover in [*work.glob(".shard-*"), *work.glob(".spec.json-*")]:  # temp files of a killed write
         leftover.unlink(missing_ok=True)
-    spec_path = work / "spec.json"
-    if spec_path.is_file():
-        try:
-            old = json.loads(spec_path.read_text(encoding="utf-8"))
-        except ValueError:
-            old = None
-        if old != spec:
-            log.warning("discarding embedding shards of a different build in %s", work)
-            for f in work.glob("shard-*"):
-                f.unlink()
+    spec_path = work / mf.SPEC_NAME
+    old = mf.read_spec(work.parent) if spec_path.is_file() else None
+    shards = sorted(work.glob("shard-*.jsonl"))
+    if spec_path.is_file() and old != spec and shards:
+        old_source = (old or {}).get("corpus", {}).get("source")
+        if old_source is not None and old_source != spec["corpus"]["source"]:
+            raise AsymmetryError(
+                f"{work} holds {len(shards)} embedding shards of another corpus ({old_source}); this build is of "
+                f"{spec['corpus']['source']}. To continue or rebuild that index: asymmetry index build --index-dir "
+                f"{mf.quote(work.parent)} --corpus {mf.quote(old_source)} --rebuild; to discard its shards and build "
+                f"this corpus there, delete {mf.quote(work)} first, or choose another --index-dir"
+            )
+        log.warning("discarding embedding shards of a different build in %s", work)
+        for f in work.glob("shard-*"):
+            f.unlink()
     atomic_write_json(spec_path, spec, indent=2)
 
 
@@ -306,8 +355,12 @@ def _embed_shards(job: _Job) -> _Shards:
                 resumed += 1
                 bar.set_postfix_str(f"shard {i}: done earlier, skipped")
                 continue
-            vectors = embed_passages([c.indexed_text for c in chunks], job.embedder, job.batch_size, bar)  # (B, D)
-            embedded += len(chunks)
+            vectors, reused = embed_with_prebuilt(  # (B, D): the shipped default-corpus vectors where they apply
+                [c.indexed_text for c in chunks], job.embedder,
+                lambda texts: embed_passages(texts, job.embedder, job.batch_size, bar))
+            bar.update(reused)
+            embedded += len(chunks) - reused
+            shards.reused += reused
             _save_shard(job.work, i, chunks, vectors)
             bar.set_postfix_str(f"shard {i} saved")
     finally:
@@ -321,6 +374,8 @@ def _embed_shards(job: _Job) -> _Shards:
     if resumed:
         log.warning("resumed: %d of %d shards were already embedded", resumed, shards.count)
     log.info("embedded %d passages in %.1fs (%.0f passages/s)", embedded, secs, embedded / max(secs, 1e-9))
+    if shards.reused:
+        log.info("took %d passage vectors from the shipped default-corpus table", shards.reused)
     return shards
 
 

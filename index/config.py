@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from asymmetry.errors import ConfigError
 from asymmetry.index.chunking import ChunkingConfig
+from asymmetry.integrity import positive_int
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq")
 
@@ -26,10 +28,10 @@ class IndexConfig:
     def __post_init__(self):
         if self.index_type not in INDEX_TYPES:
             raise ConfigError("index.index_type", self.index_type, f"use one of {', '.join(INDEX_TYPES)}")
-        for name in ("batch_size", "shard_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"index.{name}", value, "use a positive integer such as 64")
+        positive_int("index.batch_size", self.batch_size, "use a positive integer such as 64")
+        positive_int("index.shard_size", self.shard_size, "use a positive integer such as 4096")
+        if not isinstance(self.corpus, (str, os.PathLike)) or not str(self.corpus):
+            raise ConfigError("index.corpus", self.corpus, 'use "default" or a .xml/.xml.bz2/.jsonl/.parquet path')
         self.chunking()  # validates the chunk sizes
 
     def chunking(self) -> ChunkingConfig:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import hashlib
 import json
 import os
 import re
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from asymmetry import defaults
 from asymmetry.errors import AsymmetryError
+from asymmetry.integrity import sha256_file
 
 WIKI_URL = "https://en.wikipedia.org/wiki/"
 
@@ -87,15 +87,27 @@ def read_default(path: Path) -> Iterator[Article]:
 @register_reader("jsonl", (".jsonl", ".jsonl.gz"), "one JSON object per line with title, text[, url, metadata]")
 def read_jsonl(path: Path) -> Iterator[Article]:
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError as exc:
-                raise AsymmetryError(f"{path} line {lineno} is not valid JSON ({exc}): fix or remove that line")
-            yield _record_to_article(rec, f"{path} line {lineno}")
+    with opener(path, "rb") as fh:
+        lineno = 0
+        try:
+            for lineno, raw in enumerate(fh, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise AsymmetryError(
+                        f"{path} line {lineno} is not UTF-8 (invalid byte 0x{raw[exc.start]:02x}): re-save the file "
+                        f"as UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > fixed.jsonl"
+                    ) from None
+                try:
+                    rec = json.loads(line)
+                except ValueError as exc:
+                    raise AsymmetryError(f"{path} line {lineno} is not valid JSON ({exc}): fix or remove that line")
+                yield _record_to_article(rec, f"{path} line {lineno}")
+        except (OSError, EOFError) as exc:  # a damaged or truncated .gz
+            raise AsymmetryError(f"{path} cannot be read after line {lineno} ({exc}): the file is damaged or "
+                                 "truncated; restore it or pass an uncompressed .jsonl") from None
 
 
 def _record_to_article(rec: object, where: str) -> Article:
@@ -252,15 +264,7 @@ class Corpus:
     def describe(self) -> dict:
         stat = self.path.stat()
         return {"source": self.source, "reader": self.reader.name, "path": str(self.path), "bytes": stat.st_size,
-                "mtime": int(stat.st_mtime), "sha256": file_sha256(self.path)}
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+                "mtime": int(stat.st_mtime), "sha256": sha256_file(self.path)}
 
 
 def open_corpus(source: str | os.PathLike = "default", reader: str | None = None) -> Corpus:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from asymmetry import defaults
 from asymmetry.atomic import atomic_write_text
 from asymmetry.errors import AsymmetryError
-from asymmetry.index.corpus import file_sha256
+from asymmetry.integrity import sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -20,6 +21,7 @@ STORE_NAME = "passages.sqlite"
 BM25_DIR = "bm25"
 VECTORS_NAME = "vectors.npy"  # IVF-PQ only: the exact vectors, memory-mapped for re-ranking
 WORK_DIR = ".build"
+SPEC_NAME = "spec.json"  # in WORK_DIR: the spec of the build whose shards are there
 
 
 def default_index_dir() -> Path:
@@ -56,8 +58,48 @@ def file_entries(root: Path, relpaths: list[str]) -> dict:
         p = root / rel
         files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
         for f in files:
-            out[str(f.relative_to(root))] = {"bytes": f.stat().st_size, "sha256": file_sha256(f)}
+            out[str(f.relative_to(root))] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
     return out
+
+
+def quote(value: object) -> str:
+    return shlex.quote(str(value))
+
+
+def read_spec(index_dir: Path) -> dict | None:
+    """The build spec recorded in the work area (which corpus, model and chunking its shards hold), or None."""
+    try:
+        spec = json.loads((index_dir / WORK_DIR / SPEC_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return spec if isinstance(spec, dict) and isinstance(spec.get("corpus"), dict) else None
+
+
+def _recorded_source(index_dir: Path) -> object:
+    """The corpus source recorded in the folder: the manifest's when it still parses, else the work area's spec."""
+    try:
+        source = json.loads((index_dir / MANIFEST_NAME).read_text(encoding="utf-8"))["corpus"]["source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        source = None
+    return source if source is not None else (read_spec(index_dir) or {}).get("corpus", {}).get("source")
+
+
+def _corpus_argument(source: object) -> str | None:
+    if not isinstance(source, str) or not source:
+        return None
+    return source if source == "default" else str(Path(source).expanduser().resolve())
+
+
+def rebuild_command(index_dir: Path, manifest: Manifest | None = None) -> str:
+    """The command that rebuilds the index in ``index_dir`` from the corpus it was built from (the manifest's, else
+    the work area's spec; finished embedding shards are reused). Every damaged-index message prints it."""
+    source = manifest.corpus.get("source") if manifest is not None and isinstance(manifest.corpus, dict) else None
+    if source is None:
+        source = _recorded_source(index_dir)
+    corpus = _corpus_argument(source)
+    if corpus is None:
+        corpus = "default" if index_dir == default_index_dir() else "CORPUS-IT-WAS-BUILT-FROM"
+    return f"asymmetry index build --index-dir {quote(index_dir)} --corpus {quote(corpus)} --rebuild"
 
 
 def write_manifest(index_dir: Path, manifest: Manifest) -> None:
@@ -72,14 +114,14 @@ def read_manifest(index_dir: Path) -> Manifest | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         manifest = Manifest(**data)
+        if not isinstance(manifest.files, dict) or not isinstance(manifest.corpus, dict):
+            raise TypeError("files and corpus must be objects")
     except (ValueError, TypeError) as exc:
-        raise AsymmetryError(
-            f"{path} is damaged ({exc}): rebuild with asymmetry index build --index-dir {index_dir} --rebuild"
-        ) from exc
+        raise AsymmetryError(f"{path} is damaged ({exc}): rebuild with {rebuild_command(index_dir)}") from None
     if manifest.format_version != FORMAT_VERSION:
         raise AsymmetryError(
             f"{index_dir} has index format {manifest.format_version}, this version reads {FORMAT_VERSION}: rebuild "
-            f"with asymmetry index build --index-dir {index_dir} --rebuild"
+            f"with {rebuild_command(index_dir, manifest)}"
         )
     return manifest
 
@@ -95,16 +137,18 @@ def load_manifest(index_dir: Path, verify: bool = True) -> Manifest:
         )
     for rel, entry in manifest.files.items():
         p = index_dir / rel
-        if not p.is_file():
+        if not isinstance(entry, dict) or not isinstance(entry.get("bytes"), int):
+            problem = "has a damaged entry in the manifest"
+        elif not p.is_file():
             problem = "is missing"
         elif p.stat().st_size != entry["bytes"]:
             problem = f"has {p.stat().st_size} bytes, the manifest says {entry['bytes']}"
-        elif verify and file_sha256(p) != entry["sha256"]:
+        elif verify and sha256_file(p) != entry["sha256"]:
             problem = "does not match its checksum"
         else:
             continue
         raise AsymmetryError(
-            f"index file {p} {problem} (damaged): rebuild with asymmetry index build --index-dir {index_dir} "
-            "--rebuild (finished embedding shards are reused)"
+            f"index file {p} {problem} (damaged): rebuild with {rebuild_command(index_dir, manifest)} (finished "
+            "embedding shards are reused)"
         )
     return manifest

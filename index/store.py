@@ -13,6 +13,7 @@ import numpy as np
 
 from asymmetry.atomic import atomic_path
 from asymmetry.errors import AsymmetryError
+from asymmetry.index import manifest as mf
 from asymmetry.index.dedup import minhash
 
 SCHEMA = (
@@ -75,14 +76,14 @@ class PassageStore:
     def __init__(self, path: Path):
         self.path = Path(path)
         if not self.path.is_file():
-            raise AsymmetryError(f"passage store {self.path} is missing: rebuild the index with asymmetry index build")
+            raise AsymmetryError(f"passage store {self.path} is missing: rebuild with {mf.rebuild_command(self.path.parent)}")
         try:
             self._con = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
             (self._count,) = self._con.execute("SELECT COUNT(*) FROM passages").fetchone()
             columns = {r[1] for r in self._con.execute("PRAGMA table_info(passages)")}
         except sqlite3.DatabaseError as exc:
             raise AsymmetryError(
-                f"passage store {self.path} is damaged ({exc}): rebuild with asymmetry index build --rebuild"
+                f"passage store {self.path} is damaged ({exc}): rebuild with {mf.rebuild_command(self.path.parent)}"
             ) from exc
         self._select = "SELECT id, title, text, url, meta" + (", sig" if "sig" in columns else ", NULL")
         self._rows: dict[int, tuple] | None = None
@@ -111,7 +112,7 @@ class PassageStore:
         if missing:
             raise AsymmetryError(
                 f"passage store {self.path} lacks id {missing[0]} that the index returned: the index folder is "
-                "inconsistent; rebuild with asymmetry index build --rebuild"
+                f"inconsistent; rebuild with {mf.rebuild_command(self.path.parent)}"
             )
         return [found[i] for i in ids]
 

@@ -140,13 +140,13 @@ class Retriever:
         except RuntimeError as exc:
             raise AsymmetryError(
                 f"index file {root / mf.FAISS_NAME} is damaged ({str(exc).splitlines()[0][:200]}): rebuild with "
-                f"asymmetry index build --index-dir {root} --rebuild"
+                f"{mf.rebuild_command(root, manifest)}"
             ) from exc
         if index.d != manifest.embedding_dim or index.ntotal != manifest.passage_count:
             raise AsymmetryError(
                 f"index file {root / mf.FAISS_NAME} holds {index.ntotal} vectors of dimension {index.d}, the manifest "
-                f"says {manifest.passage_count} of {manifest.embedding_dim}: rebuild with asymmetry index build "
-                f"--index-dir {root} --rebuild"
+                f"says {manifest.passage_count} of {manifest.embedding_dim}: rebuild with "
+                f"{mf.rebuild_command(root, manifest)}"
             )
         params = dict(manifest.index_params)
         if rcfg.ef_search is not None:
@@ -289,7 +289,7 @@ def _check_model(root: Path, manifest: mf.Manifest, wanted: str, who: str, fix: 
     if wanted != manifest.embedding_model:
         raise AsymmetryError(
             f"index {root} was built with the embedding model {manifest.embedding_model!r} but {who} {wanted!r}: "
-            f"rebuild it with asymmetry index build --index-dir {root} --rebuild, {fix}"
+            f"rebuild it with {mf.rebuild_command(root, manifest)}, {fix}"
         )
 
 

@@ -4,10 +4,9 @@ QA) and ``asymmetry eval export NAME``."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 
-from asymmetry.config import EvalConfig
+from asymmetry.config import override
 from asymmetry.datasets import QA_PARTS
 from asymmetry.errors import AsymmetryError
 from asymmetry.eval.mcfile import export_rows, write_mc_csv
@@ -79,23 +78,15 @@ def register(sub) -> None:
 
 
 def _mc(args) -> int:
-    overrides = {}
-    if args.normalize:
-        overrides["normalize"] = args.normalize
-    if args.cfg_scale is not None:
-        overrides["cfg_scale"] = args.cfg_scale
-    if args.prompt_style:
-        overrides["prompt_style"] = args.prompt_style
-    if args.k is not None:
-        overrides["k"] = args.k
-    cfg = EvalConfig(**{**dataclasses.asdict(args.cfg.eval), **overrides})
+    cfg = override(args.cfg.eval, {"normalize": args.normalize, "cfg_scale": args.cfg_scale,
+                                   "prompt_style": args.prompt_style, "k": args.k, "batch_size": args.batch_size})
     report = run_mc(
         args.file, args.out, cfg, config=args.cfg, limit=args.limit, retrieval=False if args.no_retrieval else None,
-        expert=args.expert, batch_size=args.batch_size, resume=args.resume, overwrite=args.overwrite,
+        expert=args.expert, resume=args.resume, overwrite=args.overwrite,
         progress=not args.no_progress, compare=args.compare,
     )
     if args.json:
-        print(json.dumps(report, indent=1))
+        print(json.dumps(report, indent=1, allow_nan=False))
         return 0
     print(f"map@3 {report['map@3']:.4f}  accuracy {report['accuracy']:.4f}  ({report['answered']} answered of "
           f"{report['questions']} questions)")

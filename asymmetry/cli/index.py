@@ -6,9 +6,10 @@ import argparse
 import json
 from dataclasses import asdict
 
+from asymmetry.config import override
 from asymmetry.index.build import build_index
 from asymmetry.index.config import INDEX_TYPES
-from asymmetry.index.manifest import WORK_DIR, load_manifest, read_manifest, resolve_index_dir
+from asymmetry.index.manifest import WORK_DIR, load_manifest, quote, read_manifest, read_spec, resolve_index_dir
 
 
 def register(sub) -> None:
@@ -46,19 +47,20 @@ def register(sub) -> None:
 
 
 def _build(args) -> int:
-    cfg = args.cfg.index
+    cfg = override(args.cfg.index, {"corpus": args.corpus, "index_dir": args.index_dir, "index_type": args.index_type,
+                                    "batch_size": args.batch_size, "shard_size": args.shard_size})
     m = build_index(
-        corpus=args.corpus or cfg.corpus,
-        index_dir=args.index_dir or cfg.index_dir,
-        index_type=args.index_type or cfg.index_type,
+        corpus=cfg.corpus,
+        index_dir=cfg.index_dir,
+        index_type=cfg.index_type,
         embedding_model=cfg.embedding_model,
-        batch_size=args.batch_size or cfg.batch_size,
-        shard_size=args.shard_size or cfg.shard_size,
+        batch_size=cfg.batch_size,
+        shard_size=cfg.shard_size,
         chunking=cfg.chunking(),
         rebuild=args.rebuild,
         progress=not args.no_progress,
     )
-    print(f"index ready in {resolve_index_dir(args.index_dir or cfg.index_dir)}: {m.passage_count} passages from "
+    print(f"index ready in {resolve_index_dir(cfg.index_dir)}: {m.passage_count} passages from "
           f"{m.article_count} articles, {m.index_type} {json.dumps(m.index_params)}, {m.embedding_model}")
     return 0
 
@@ -69,7 +71,9 @@ def _info(args) -> int:
     if m is None:
         shards = sorted((root / WORK_DIR).glob("shard-*.jsonl")) if (root / WORK_DIR).is_dir() else []
         state = f"; a build is in progress or was interrupted ({len(shards)} shards finished)" if shards else ""
-        print(f"{root}: no complete index{state}. Build it with: asymmetry index build --index-dir {root}")
+        spec = read_spec(root) if shards else None
+        corpus = f" --corpus {quote(spec['corpus'].get('source'))}" if spec else ""
+        print(f"{root}: no complete index{state}. Build it with: asymmetry index build --index-dir {quote(root)}{corpus}")
         return 1
     if args.json:
         print(json.dumps(asdict(m), indent=2, ensure_ascii=False))

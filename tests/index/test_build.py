@@ -130,7 +130,8 @@ def test_interrupted_build_resumes_with_a_shared_embedder(small_corpus, tmp_path
         build_index(str(small_corpus), root, shard_size=16, progress=False, embedder=_FailingEmbedder(2))
     assert read_manifest(root) is None
     finished = sorted(p.name for p in (root / ".build").glob("shard-*"))
-    assert finished == ["shard-00000.jsonl", "shard-00000.npy", "shard-00001.jsonl", "shard-00001.npy"]
+    assert finished == ["shard-00000.json", "shard-00000.jsonl", "shard-00000.npy",
+                        "shard-00001.json", "shard-00001.jsonl", "shard-00001.npy"]
     assert not list((root / ".build").glob(".*"))  # no temp file left by the interrupted write
     stamps = {p.name: p.stat().st_mtime_ns for p in (root / ".build").glob("shard-*")}
     m = build_index(str(small_corpus), root, shard_size=16, progress=False, embedder=embedder)

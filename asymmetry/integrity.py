@@ -1,0 +1,139 @@
+"""Integrity checks shared by every reader of a persisted artefact and every validator of a numeric setting.
+
+Checksums: an artefact that is written and later read back (a router file, an index's embedding shards, ...) gets a
+sidecar ``NAME.sha256`` written after it (``sha256sum`` format: ``HEX  NAME``); :func:`verify_checksum` compares it on
+load and raises an :class:`AsymmetryError` naming the file and the command that rebuilds it.
+
+    write_checksum(path)                                  # after the artefact is complete
+    verify_checksum(path, rebuild="asymmetry router train")
+
+Numbers: :func:`finite_number` and :func:`positive_int` reject what TOML and CLI flags can both carry (``nan``,
+``inf``, booleans, zero or negative counts) with a :class:`ConfigError` naming the field.
+
+Logs: :func:`read_jsonl_log` reads an append-only JSONL log (an eval run's ``predictions.jsonl``); a half-written
+last line (an interrupted run) is cut away atomically before anyone appends to the file again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from asymmetry.atomic import atomic_write_bytes, atomic_write_text
+from asymmetry.errors import AsymmetryError, ConfigError
+
+log = logging.getLogger(__name__)
+
+CHECKSUM_SUFFIX = ".sha256"
+
+
+# -- checksums ---------------------------------------------------------------------------------------------------------
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checksum_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def write_checksum(path: str | os.PathLike) -> str:
+    """Write ``path.sha256`` for the finished file ``path`` (atomically); returns the hex digest."""
+    path = Path(path)
+    digest = sha256_file(path)
+    atomic_write_text(checksum_path(path), f"{digest}  {path.name}\n")
+    return digest
+
+
+def read_checksum(path: str | os.PathLike) -> str | None:
+    """The digest recorded for ``path``, or None when it has no sidecar (an artefact written before checksums)."""
+    side = checksum_path(path)
+    if not side.is_file():
+        return None
+    text = side.read_text(encoding="utf-8", errors="replace").split()
+    return text[0].lower() if text else ""
+
+
+def verify_checksum(path: str | os.PathLike, rebuild: str, *, required: bool = False, what: str = "file") -> None:
+    """Check ``path`` against its sidecar checksum. A mismatch (or, when ``required``, a missing sidecar) raises an
+    :class:`AsymmetryError` naming the file and ``rebuild``, the command that writes a good one. A missing sidecar
+    otherwise only logs (an artefact written before checksums existed)."""
+    path = Path(path)
+    expected = read_checksum(path)
+    if expected is None:
+        if required:
+            raise AsymmetryError(f"{what} {path} has no checksum ({checksum_path(path).name} is missing), so it "
+                                 f"cannot be trusted: rebuild it with {rebuild}")
+        log.info("%s has no checksum file (written before checksums): not verified", path)
+        return
+    actual = sha256_file(path)
+    if actual != expected:
+        raise AsymmetryError(
+            f"{what} {path} is damaged (sha256 {actual[:12]}..., its checksum file says {expected[:12]}...): "
+            f"rebuild it with {rebuild}"
+        )
+
+
+# -- numeric settings --------------------------------------------------------------------------------------------------
+def finite_number(field: str, value: object, fix: str, *, minimum: float | None = None,
+                  maximum: float | None = None, above: float | None = None) -> float:
+    """``value`` as a float when it is a finite real number (not a bool) within the bounds, else a ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(field, value, f"use a finite number: {fix}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum) or (
+            above is not None and value <= above):
+        raise ConfigError(field, value, fix)
+    return float(value)
+
+
+def positive_int(field: str, value: object, fix: str = "use a positive integer", *, minimum: int = 1) -> int:
+    """``value`` when it is an integer (not a bool) >= ``minimum``, else a ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(field, value, fix)
+    return value
+
+
+# -- append-only JSONL logs --------------------------------------------------------------------------------------------
+def read_jsonl_log(path: str | os.PathLike, valid: Callable[[object], bool], damaged: Callable[[int], Exception]
+                   ) -> list[dict]:
+    """The records of an append-only JSONL log, in order. A half-written last line (``valid`` is false for it, or it
+    is not JSON) is cut away atomically (the good prefix replaces the file) with a warning, so the next append starts
+    on a fresh line; a damaged line before the last raises ``damaged(line number)``. A complete last record missing
+    its newline gets one."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    segments = data.split(b"\n")  # the last segment is b"" when the file ends with a newline
+    final = max((i for i, raw in enumerate(segments) if raw.strip()), default=-1)  # the last line with content
+    records: list[dict] = []
+    keep = 0  # bytes of the good prefix
+    for i, raw in enumerate(segments[: final + 1]):
+        rec = None
+        if raw.strip():
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+                ok = valid(rec)
+            except (UnicodeDecodeError, ValueError):
+                ok = False
+            if not ok:
+                if i < final:
+                    raise damaged(i + 1)
+                log.warning("%s: the last line (%d) is half-written (an interrupted run): it is cut away and that "
+                            "item is done again", path, i + 1)
+                break
+            records.append(rec)
+        keep += len(raw) + 1
+    good = data[:keep] if keep <= len(data) else data + b"\n"
+    if good != data:
+        atomic_write_bytes(path, good)
+    return records
