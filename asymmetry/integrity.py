@@ -83,6 +83,40 @@ def verify_checksum(path: str | os.PathLike, rebuild: str, *, required: bool = F
         )
 
 
+FOLDER_SUMS = "SHA256SUMS"  # a folder artefact's checksums (sha256sum format), written last
+
+
+def write_folder_checksums(folder: str | os.PathLike, names: list[str] | None = None) -> None:
+    """Write ``folder/SHA256SUMS`` for ``names`` (default: every file directly in the folder)."""
+    folder = Path(folder)
+    names = sorted(names if names is not None else (f.name for f in folder.iterdir()
+                                                    if f.is_file() and f.name != FOLDER_SUMS))
+    atomic_write_text(folder / FOLDER_SUMS, "".join(f"{sha256_file(folder / n)}  {n}\n" for n in names))
+
+
+def verify_folder_checksums(folder: str | os.PathLike, rebuild: str, *, what: str = "folder") -> bool:
+    """Check every file listed in ``folder/SHA256SUMS``; False when the folder has none (written before checksums).
+    A missing or changed file raises an :class:`AsymmetryError` naming it and ``rebuild``."""
+    folder = Path(folder)
+    sums = folder / FOLDER_SUMS
+    if not sums.is_file():
+        return False
+    for line in sums.read_text(encoding="utf-8", errors="replace").splitlines():
+        parts = line.split(None, 1)
+        if len(parts) != 2:
+            raise AsymmetryError(f"{what} {folder}: {sums.name} is damaged (line {line[:60]!r}): rebuild it with "
+                                 f"{rebuild}")
+        expected, name = parts[0].lower(), parts[1].strip().lstrip("*")
+        path = folder / name
+        if not path.is_file():
+            raise AsymmetryError(f"{what} {folder} lacks {name} (listed in {sums.name}): rebuild it with {rebuild}")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise AsymmetryError(f"{what} file {path} is damaged (sha256 {actual[:12]}..., {sums.name} says "
+                                 f"{expected[:12]}...): rebuild it with {rebuild}")
+    return True
+
+
 # -- numeric settings --------------------------------------------------------------------------------------------------
 def finite_number(field: str, value: object, fix: str, *, minimum: float | None = None,
                   maximum: float | None = None, above: float | None = None) -> float:

@@ -18,6 +18,7 @@ from asymmetry.experts.base import Placement, resolve_model
 from asymmetry.experts.config import PACKAGE_ADAPTERS, ExpertsConfig, ExpertSpec, adapters_package_dir
 from asymmetry.experts.pool import ExpertModel, ModelPool, PooledBase
 from asymmetry.experts.prompts import build_messages, render_prompt
+from asymmetry.integrity import verify_folder_checksums
 
 
 @dataclass
@@ -57,25 +58,25 @@ def check_adapter(expert: str, adapter_dir: str | Path, base_name: str, base_pat
     """Validate an adapter folder for ``base_name``; return its peft config. Errors name the fix."""
     folder = Path(adapter_dir)
     cfg_file = folder / "adapter_config.json"
+    hint = (
+        f"train it with `asymmetry expert train-defaults {expert}`"
+        if expert in ("science", "commonsense", "scholar")
+        else f"train it with `asymmetry expert train {expert} --data FILE`"
+    )
     if not cfg_file.is_file():
-        hint = (
-            f"train it with `asymmetry expert train-defaults {expert}`"
-            if expert in ("science", "commonsense", "scholar")
-            else f"train it with `asymmetry expert train {expert} --data FILE`"
-        )
         raise AsymmetryError(
             f"adapter of expert {expert!r} not found: {folder} has no adapter_config.json; {hint}, "
             f"or fix experts.experts adapter in the config"
         )
-    try:
-        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise AsymmetryError(f"{cfg_file} is not valid JSON ({exc}): retrain or restore the adapter")
+    if not verify_folder_checksums(folder, f"`{hint.removeprefix('train it with ').strip('`')}` or restore it",
+                                   what=f"adapter of expert {expert!r}"):
+        _check_weights(expert, folder, hint)  # an adapter saved before checksums: at least a complete file
+    cfg = _json_object(cfg_file, f"{hint}, or restore the adapter")
     trained_on = cfg.get("base_model_name_or_path")
     card_file = folder / "asymmetry_card.json"
     claimed = {str(trained_on).lower(), Path(str(trained_on)).name.lower()} if trained_on else set()
     if card_file.is_file():
-        card = json.loads(card_file.read_text(encoding="utf-8"))
+        card = _json_object(card_file, f"{hint}, or restore the adapter")
         trained_on = card.get("base_model") or trained_on
         claimed = {str(card.get(k)).lower() for k in ("base_model", "base_folder") if card.get(k)} or claimed
     if trained_on:
@@ -88,6 +89,31 @@ def check_adapter(expert: str, adapter_dir: str | Path, base_name: str, base_pat
                 f"{base_name}: set that expert's base to the adapter's model, or retrain the adapter on {base_name}"
             )
     return cfg
+
+
+def _json_object(path: Path, fix: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise AsymmetryError(f"{path} is damaged, not valid JSON ({exc}): {fix}") from None
+    if not isinstance(data, dict):
+        raise AsymmetryError(f"{path} is damaged (a JSON {type(data).__name__}, not an object): {fix}")
+    return data
+
+
+def _check_weights(expert: str, folder: Path, hint: str) -> None:
+    """A readable safetensors header whose tensors the file covers (a truncated file fails here, before any load)."""
+    from safetensors import SafetensorError, safe_open  # only for adapters saved without SHA256SUMS
+
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        return  # peft's .bin format, or its own error when attached
+    try:
+        with safe_open(str(weights), framework="np") as fh:
+            list(fh.keys())
+    except (SafetensorError, OSError) as exc:
+        raise AsymmetryError(f"adapter of expert {expert!r}: {weights} is damaged or truncated "
+                             f"({str(exc)[:120]}): {hint}, or restore it") from None
 
 
 class ExpertRegistry:

@@ -27,6 +27,7 @@ from asymmetry.experts.config import SMALL_EXPERTS, adapters_package_dir
 from asymmetry.experts.data import DEFAULT_RECIPES, ChatExample, default_examples
 from asymmetry.experts.prompts import with_system
 from asymmetry.experts.tokens import answer_loss, encode_example, left_pad
+from asymmetry.integrity import write_folder_checksums
 
 CARD_FILE = "asymmetry_card.json"
 CHECKPOINT_DIR = ".checkpoint"
@@ -329,6 +330,7 @@ def _save_adapter(run: _Run, out_dir: Path, card: dict) -> None:
             nested.rmdir()
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(_card_markdown(card), encoding="utf-8")
+        write_folder_checksums(tmp)  # SHA256SUMS: verified before the adapter is attached (registry.check_adapter)
 
 
 def _card_markdown(card: dict) -> str:

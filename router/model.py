@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from asymmetry import defaults
 from asymmetry.atomic import atomic_path
 from asymmetry.embedder import Embedder, embedding_model_name
 from asymmetry.errors import AsymmetryError
+from asymmetry.integrity import verify_checksum, write_checksum
 from asymmetry.router.config import DEFAULT_HEAD, HEAD_LR, HEADS
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,13 @@ def default_router_path() -> Path:
     """The router used when none is named: a retrained one in the home folder, else the committed one."""
     path = home_router_path()
     return path if path.is_file() else DEFAULT_ROUTER_FILE
+
+
+def retrain_command(path: Path) -> str:
+    """The fix for a damaged router file: retrain it (the committed one: into the home folder, which load prefers)."""
+    if path.resolve() == DEFAULT_ROUTER_FILE.resolve():
+        return "asymmetry router train (it writes a router into ASYMMETRY_HOME, used from then on), or reinstall asymmetry"
+    return f"asymmetry router train --out {shlex.quote(str(path))}"
 
 
 def _resolve(path: str | os.PathLike | None) -> Path:
@@ -228,6 +237,7 @@ class Router:
         text = json.dumps(self.to_json(), indent=1) + "\n"
         with atomic_path(path, suffix=".json") as tmp:
             tmp.write_text(text, encoding="utf-8")
+        write_checksum(path)  # router.json.sha256, verified by load
         self.path = path
         return path
 
@@ -262,13 +272,14 @@ class Router:
         path = _resolve(path)
         if not path.is_file():
             raise AsymmetryError(f"no router at {path}: train one with asymmetry router train --out {path}")
+        verify_checksum(path, retrain_command(path), what="router file")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             m = data["manifest"]
             layers = [(_decode(layer["weight"], str(path)), _decode(layer["bias"], str(path))) for layer in data["layers"]]
             labels, saved_fallback = list(m["labels"]), m["fallback"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise AsymmetryError(f"router file {path} is unreadable ({exc}): retrain with asymmetry router train")
+            raise AsymmetryError(f"router file {path} is unreadable ({exc}): retrain with {retrain_command(path)}")
         if m.get("format_version") != FORMAT_VERSION:
             raise AsymmetryError(
                 f"router file {path} has format {m.get('format_version')}, this version reads {FORMAT_VERSION}: retrain it"

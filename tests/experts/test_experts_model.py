@@ -16,6 +16,7 @@ from asymmetry.errors import AsymmetryError
 from asymmetry.experts import ExpertRegistry, ExpertSpec, Placement, load_model
 from asymmetry.experts.data import ChatExample, mc_messages
 from asymmetry.experts.training import CARD_FILE, AdapterTrainSettings, train_adapter
+from asymmetry.integrity import write_folder_checksums
 
 EXAMPLES = [
     ChatExample(mc_messages(q, [a], 0))
@@ -140,6 +141,10 @@ def test_missing_adapter_and_wrong_base(adapters, tmp_path):
     card = json.loads((foreign / CARD_FILE).read_text())
     card.update(base_model="Llama-3-70B-Instruct", base_folder="llama-3-70b-instruct")
     (foreign / CARD_FILE).write_text(json.dumps(card))
+    reg = ExpertRegistry([ExpertSpec(name="law", adapter=str(foreign))], **PLACEMENT)
+    with pytest.raises(AsymmetryError, match=f"{CARD_FILE} is damaged.*asymmetry expert train law"):
+        reg.model("law")  # the card no longer matches the SHA256SUMS written with the adapter
+    write_folder_checksums(foreign)
     reg = ExpertRegistry([ExpertSpec(name="law", adapter=str(foreign))], **PLACEMENT)
     with pytest.raises(AsymmetryError, match="trained on Llama-3-70B-Instruct.*retrain"):
         reg.model("law")
