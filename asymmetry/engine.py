@@ -10,7 +10,8 @@ Every entry point (``Assistant.ask``/``stream``, ``Chat``, ``asymmetry ask``/``c
     sampler config (config ← expert defaults ← request) ─► CFG negative, mixture branch rows
 
 :meth:`Engine.stream` decodes a plan through the sampler and returns an :class:`AnswerStream` that yields text and
-then holds its :class:`Answer`. Clients that score instead of decoding (``eval mc``) take the plan's expert, model,
+then holds its :class:`Answer`. With :meth:`Engine.start_batching` (the server) every decode joins the running batch
+of its pooled base between steps (continuous batching, ``sampling/batch.py``) instead of running its own loop. Clients that score instead of decoding (``eval mc``) take the plan's expert, model,
 context and sources.
 
 The engine owns its parts (embedder, expert registry over a :class:`ModelPool`, router, retriever), loads each
@@ -36,10 +37,12 @@ from asymmetry.config import Config
 from asymmetry.embedder import Embedder
 from asymmetry.errors import AsymmetryError
 from asymmetry.experts import DEFAULT_BASE, Expert, ExpertModel, ExpertRegistry, ModelPool
+from asymmetry.experts.pool import BASE_ROW, PooledBase
 from asymmetry.index import ensure_index
 from asymmetry.retrieval import Passage, Retriever, pack_passages
 from asymmetry.router import Route, Router
 from asymmetry.sampling import Branch, Generator, SamplerConfig
+from asymmetry.sampling.batch import BatchRunner
 from asymmetry.sampling.generator import Generation, GenerationStream
 from asymmetry.sampling.stages import Mixture
 
@@ -71,7 +74,8 @@ class Request:
     the expert's default. ``sampler``: a dict of sampler fields or a whole :class:`SamplerConfig`, applied over the
     config and the expert's defaults. ``decode=False`` plans without a prompt or sampler (option scoring); then
     ``retrieval_query`` (search text other than the question), ``k`` and ``context_tokens`` (passage budget) may
-    override the retrieval settings.
+    override the retrieval settings. ``raw=True`` decodes a continuation of ``question`` as it is: no prompt template,
+    no retrieval, no history (the server's ``/v1/completions``).
     """
 
     question: str
@@ -84,6 +88,7 @@ class Request:
     retrieval_query: str | None = None
     k: int | None = None
     context_tokens: int | None = None
+    raw: bool = False
 
 
 @dataclass
@@ -207,6 +212,11 @@ class AnswerStream:
             raise
         self._finish("".join(parts), self._generation.result, t0, interrupted=False)
 
+    def cancel(self) -> None:
+        """Stop decoding at the next step. With batching on (the server) this is safe from another thread while one
+        iterates: the iteration then ends early."""
+        self._generation.close()
+
     def text(self) -> str:
         """Run to the end; the whole text."""
         for _ in self:
@@ -251,6 +261,8 @@ class Engine:
         self._router: Router | None = None
         self._retriever: Retriever | None = None
         self._build_lock = threading.Lock()  # held only while a part is constructed
+        self._batching: dict[str, Any] | None = None  # BatchRunner settings once start_batching was called
+        self._runners: dict[int, BatchRunner] = {}  # id(pooled base) -> its running batch
         default = next((e for e in self.config.experts.specs() if e.name == self.config.experts.default), None)
         self._bare = Expert(name=BARE, description="the default expert's base model, no adapter",
                             base=default.base if default else DEFAULT_BASE, adapter=None, system_prompt=None,
@@ -347,6 +359,7 @@ class Engine:
             return True
         spec = self._bare if request.expert == BARE else self.experts.get(request.expert)
         use_retrieval = spec.retrieval if request.retrieval is None else bool(request.retrieval)
+        use_retrieval = use_retrieval and not request.raw
         return use_retrieval and request.retrieval_query is None
 
     def _embed_step(self, requests, questions, timings) -> list[np.ndarray | None]:
@@ -381,7 +394,7 @@ class Engine:
 
     def _retrieve_step(self, request: Request, question: str, spec: Expert, embedding, timings) -> list[Passage]:
         use = spec.retrieval if request.retrieval is None else bool(request.retrieval)
-        if not use:
+        if not use or request.raw:
             return []
         t0 = time.perf_counter()
         query = request.retrieval_query or question
@@ -423,6 +436,12 @@ class Engine:
                 f"assistant.context_tokens={context_tokens} leaves no room for the prompt after "
                 f"max_tokens={sampler.max_tokens}: raise context_tokens or lower max_tokens"
             )
+        if plan.request.raw:  # the text as it is: keep its end when it is longer than the budget
+            ids = tokenizer(plan.request.question, add_special_tokens=True)["input_ids"]
+            if len(ids) > budget:
+                plan.notice = f"the prompt is {len(ids)} tokens, longer than the context allows; kept its last {budget}"
+            plan.prompt_ids = ids[-budget:]
+            return
         question = plan.question
         q_ids = tokenizer(question, add_special_tokens=False)["input_ids"]
         max_q = budget // 2
@@ -474,11 +493,49 @@ class Engine:
         if not plan.request.decode:
             raise AsymmetryError("this plan was made with decode=False (for scoring): plan it again to generate")
         model = plan.model
-        generator = Generator(model.model, model.tokenizer, lock=model.lock)
         mixture = plan.mixture
-        generation = generator.stream(
-            plan.prompt_ids, plan.sampler, negative_prompt=plan.negative_prompt,
-            branches=mixture.branches if mixture else (), combiner=mixture.combiner if mixture else None,
-            row_kwargs=plan.row_kwargs,
-        )
+        options = {"negative_prompt": plan.negative_prompt, "branches": mixture.branches if mixture else (),
+                   "combiner": mixture.combiner if mixture else None, "row_kwargs": plan.row_kwargs}
+        if self._batching is not None:
+            generation = self._runner(model.base).submit(plan.prompt_ids, plan.sampler, **options)
+        else:
+            generator = Generator(model.model, model.tokenizer, lock=model.lock)
+            generation = generator.stream(plan.prompt_ids, plan.sampler, **options)
         return AnswerStream(plan, generation, on_finish)
+
+    # -- continuous batching -----------------------------------------------------------------------------------------
+
+    def start_batching(self, max_rows: int = 16, max_waiting: int = 64,
+                       on_step: Callable[[int, int], None] | None = None) -> None:
+        """From now on :meth:`stream` decodes every plan in the running batch of its pooled base: requests join
+        and leave between steps, rows of different experts of one base share each forward. ``max_rows`` rows run
+        at once per base; ``max_waiting`` more requests may wait, beyond that ``stream`` raises
+        :class:`~asymmetry.sampling.batch.QueueFull`. ``on_step(rows, requests)`` is called after each step."""
+        self._batching = {"max_rows": max_rows, "max_waiting": max_waiting, "on_step": on_step}
+
+    def stop_batching(self) -> None:
+        """Stop every running batch; requests still in them end with an error."""
+        with self._build_lock:
+            runners, self._runners, self._batching = list(self._runners.values()), {}, None
+        for runner in runners:
+            runner.close()
+
+    def batch_stats(self) -> dict[str, int]:
+        """Waiting and running requests, rows, steps and forwards summed over the running batches."""
+        total = {"waiting": 0, "running": 0, "rows": 0, "steps": 0, "forwards": 0}
+        for runner in list(self._runners.values()):
+            for key, value in runner.stats().items():
+                total[key] += value
+        return total
+
+    def _runner(self, base: PooledBase) -> BatchRunner:
+        with self._build_lock:
+            runner = self._runners.get(id(base))
+            if runner is None:
+                if self._batching is None:
+                    raise AsymmetryError("batching was stopped: the engine is shutting down")
+                generator = Generator(base.model, base.tokenizer, lock=base.lock)
+                runner = BatchRunner(generator, model_source=lambda: base.model,
+                                     row_defaults={"adapter_names": BASE_ROW}, name=base.name, **self._batching)
+                self._runners[id(base)] = runner
+            return runner

@@ -1,7 +1,7 @@
 """The ``asymmetry`` command line.
 
 Every command lives in the application layer: ``asymmetry/commands.py`` (ask, chat, generate) and one module per
-concern in this package (``index``, ``search``, ``experts``, ``router``, ``eval``), each with
+concern in this package (``index``, ``search``, ``experts``, ``router``, ``eval``, ``serve``), each with
 ``register(subparsers)``. This module assembles them, loads the config and turns :class:`AsymmetryError` into a
 one-line message and exit code 2. Heavy third-party libraries (faiss, transformers' models) load when a command
 runs.
@@ -20,11 +20,12 @@ from asymmetry.cli import experts as experts_cli
 from asymmetry.cli import index as index_cli
 from asymmetry.cli import router as router_cli
 from asymmetry.cli import search as search_cli
+from asymmetry.cli import serve as serve_cli
 from asymmetry.config import Config
 from asymmetry.errors import AsymmetryError
 
 # Modules that add subcommands, in the order they appear in --help.
-COMMAND_MODULES = [commands, index_cli, search_cli, experts_cli, router_cli, eval_cli]
+COMMAND_MODULES = [commands, index_cli, search_cli, experts_cli, router_cli, eval_cli, serve_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:
