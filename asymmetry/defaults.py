@@ -39,8 +39,19 @@ def ensure_offline() -> None:
 def home() -> Path:
     """The folder for caches and built indexes: ``$ASYMMETRY_HOME`` or ``~/.cache/asymmetry``."""
     root = Path(os.environ.get("ASYMMETRY_HOME") or Path.home() / ".cache" / "asymmetry").expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AsymmetryError(
+            f"cannot create the cache folder {root} ({exc.strerror}): point ASYMMETRY_HOME at a writable folder"
+        ) from None
     return root
+
+
+def home_is_writable() -> bool:
+    """False when the cache folder exists but cannot be written (a read-only mount): the CLI says so at start, and
+    everything already built there is still read."""
+    return os.access(home(), os.W_OK | os.X_OK)
 
 
 def package_dir(distribution: str, module: str | None = None) -> Path:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 CHECKSUM_SUFFIX = ".sha256"
 
 
-# -- checksums ---------------------------------------------------------------------------------------------------------
+# -- checksums --------------------------------------------------------------------------------------------------------
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -117,7 +117,22 @@ def verify_folder_checksums(folder: str | os.PathLike, rebuild: str, *, what: st
     return True
 
 
-# -- numeric settings --------------------------------------------------------------------------------------------------
+def read_utf8(path: str | os.PathLike, what: str = "") -> str:
+    """The text of a UTF-8 file (a byte-order mark dropped); any other encoding is an :class:`AsymmetryError` naming
+    the line, the byte and the conversion that fixes it. ``what`` names the file's role ("grammar file")."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise AsymmetryError(
+            f"{what + ' ' if what else ''}{path} is not UTF-8 (invalid byte 0x{raw[exc.start]:02x} on line {line}): "
+            f"re-save it as UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}"
+        ) from None
+
+
+# -- numeric settings -------------------------------------------------------------------------------------------------
 def finite_number(field: str, value: object, fix: str, *, minimum: float | None = None,
                   maximum: float | None = None, above: float | None = None) -> float:
     """``value`` as a float when it is a finite real number (not a bool) within the bounds, else a ConfigError."""
@@ -136,7 +151,19 @@ def positive_int(field: str, value: object, fix: str = "use a positive integer",
     return value
 
 
-# -- append-only JSONL logs --------------------------------------------------------------------------------------------
+def strict_json(obj: object) -> object:
+    """``obj`` with every non-finite float (an undefined metric: NaN, an infinity) replaced by None, so it can be
+    written as strict JSON (``allow_nan=False``)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+# -- append-only JSONL logs -------------------------------------------------------------------------------------------
 def read_jsonl_log(path: str | os.PathLike, valid: Callable[[object], bool], damaged: Callable[[int], Exception]
                    ) -> list[dict]:
     """The records of an append-only JSONL log, in order. A half-written last line (``valid`` is false for it, or it

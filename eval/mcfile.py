@@ -17,6 +17,7 @@ from pathlib import Path
 from asymmetry.atomic import atomic_write_text
 from asymmetry.datasets import load_mc
 from asymmetry.errors import AsymmetryError
+from asymmetry.integrity import read_utf8
 
 LETTERS = string.ascii_uppercase
 EXPORTABLE = ("arc_easy", "arc_challenge", "openbookqa", "sciq", "mmlu")
@@ -44,15 +45,7 @@ def read_mc_csv(path: str | os.PathLike) -> list[MCRow]:
     path = Path(path)
     if not path.is_file():
         raise AsymmetryError(f"{path} does not exist: pass a CSV file with a prompt column and option columns A, B, ...")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise AsymmetryError(
-            f"{path} is not UTF-8 (invalid byte 0x{raw[exc.start]:02x} on line {line}): re-save it as UTF-8, "
-            f"e.g. iconv -f latin1 -t utf-8 {path.name} > fixed.csv"
-        ) from None
+    text = read_utf8(path)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)

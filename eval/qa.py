@@ -37,7 +37,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from asymmetry.atomic import atomic_write_bytes, atomic_write_json
+from asymmetry.atomic import atomic_write_json
 from asymmetry.config import Config, EvalConfig
 from asymmetry.datasets import QA_DATASETS, QAItem, is_named_qa_set, load_qa
 from asymmetry.engine import AUTO, BARE, Answer, Engine, Plan, Request, sampler_with
@@ -46,6 +46,7 @@ from asymmetry.eval.answers import PRIMARY_METRIC, qa_metrics, score_answer
 from asymmetry.eval.baseline import VARIANTS, closed_messages, hf_generate, passages_messages, system_name
 from asymmetry.eval.plot import plot_qa_by_expert
 from asymmetry.experts import PooledBase
+from asymmetry.integrity import read_jsonl_log
 
 log = logging.getLogger(__name__)
 
@@ -106,32 +107,9 @@ def _damaged(pred: Path, lineno: int) -> AsymmetryError:
 def load_predictions(pred: Path) -> dict[str, dict]:
     """The records of a predictions log, by id. A half-written last line is cut away atomically (the good prefix is
     written to a temp file and renamed over the log), with a warning; a damaged line before the last is an error."""
-    if not pred.is_file():
-        return {}
-    data = pred.read_bytes()
-    segments = data.split(b"\n")  # the last segment is b"" when the file ends with a newline
-    final = max((i for i, raw in enumerate(segments) if raw.strip()), default=-1)  # the last line with content
-    done: dict[str, dict] = {}
-    keep = 0  # bytes of the good prefix
-    for i, raw in enumerate(segments[: final + 1]):
-        try:
-            rec = json.loads(raw.decode("utf-8")) if raw.strip() else None
-            ok = isinstance(rec, dict) and isinstance(rec.get("id"), str)
-        except (UnicodeDecodeError, ValueError):
-            ok = False
-        if not ok and raw.strip():
-            if i < final:
-                raise _damaged(pred, i + 1)
-            log.warning("%s: the last line (%d) is half-written (an interrupted run): it is cut away and that "
-                        "question is answered again", pred, i + 1)
-            break
-        if ok:
-            done[rec["id"]] = rec
-        keep += len(raw) + 1
-    good = data[:keep] if keep <= len(data) else data + b"\n"  # a complete last record missing its newline
-    if good != data:
-        atomic_write_bytes(pred, good)
-    return done
+    records = read_jsonl_log(pred, lambda rec: isinstance(rec, dict) and isinstance(rec.get("id"), str),
+                             lambda lineno: _damaged(pred, lineno))
+    return {rec["id"]: rec for rec in records}
 
 
 def _read_run(out: Path) -> dict:

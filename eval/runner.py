@@ -14,8 +14,10 @@ breakdown, timings, settings) and ``accuracy_by_expert.png``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections import defaultdict
@@ -26,7 +28,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from asymmetry.atomic import atomic_write_text
+from asymmetry.atomic import atomic_write_json
 from asymmetry.config import Config, EvalConfig
 from asymmetry.engine import AUTO, BARE, Engine, Plan, Request
 from asymmetry.errors import AsymmetryError
@@ -35,12 +37,15 @@ from asymmetry.eval.metrics import PRIMARY_METRIC, average_precision_at_k, mc_me
 from asymmetry.eval.plot import plot_accuracy_by_expert
 from asymmetry.eval.scoring import OptionScores, score_batch
 from asymmetry.experts.prompts import render_prompt
+from asymmetry.integrity import positive_int, read_jsonl_log, sha256_file, strict_json
 
 log = logging.getLogger(__name__)
 PREDICTIONS = "predictions.jsonl"
-SETTINGS_KEYS = ("file", "n_questions", "retrieval", "expert", "normalize", "cfg_scale", "unconditional_prefix",
-                 "prompt_style", "prompt_template", "context_template", "option_template", "k", "context_tokens",
-                 "retrieval_query", "retrieval_mode")
+SETTINGS_KEYS = ("file", "input_sha256", "n_questions", "retrieval", "expert", "normalize", "cfg_scale",
+                 "unconditional_prefix", "prompt_style", "prompt_template", "context_template", "option_template", "k",
+                 "context_tokens", "retrieval_query", "retrieval_mode")
+# Not compared on resume: more questions may be taken, and an edited input is handled row by row (row_sha256).
+NOT_COMPARED = ("n_questions", "input_sha256")
 
 
 @dataclass
@@ -81,25 +86,40 @@ def _option_text(cfg: EvalConfig, plan: Plan, option: str) -> str:
 
 def _settings(cfg: EvalConfig, path: Path, n: int, retrieval: bool, expert: str, retrieval_mode: str) -> dict:
     s = asdict(cfg)
-    s.update(file=str(path.resolve()), n_questions=n, retrieval=retrieval, expert=expert, retrieval_mode=retrieval_mode)
+    s.update(file=str(path.resolve()), input_sha256=sha256_file(path), n_questions=n, retrieval=retrieval,
+             expert=expert, retrieval_mode=retrieval_mode)
     return {k: s[k] for k in SETTINGS_KEYS}
 
 
+def _damaged(pred_path: Path, lineno: int) -> AsymmetryError:
+    return AsymmetryError(f"{pred_path} line {lineno} is not a prediction record: the log is damaged; use --overwrite "
+                          "or a new --out")
+
+
 def _load_done(pred_path: Path) -> dict[str, dict]:
-    done: dict[str, dict] = {}
-    if not pred_path.is_file():
-        return done
-    with open(pred_path, encoding="utf-8") as fh:
-        for i, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-                done[rec["id"]] = rec
-            except (ValueError, KeyError):  # a line cut by the interruption: it is scored again
-                log.warning("%s line %d is incomplete; that question is scored again", pred_path, i)
-    return done
+    """The logged predictions by id; a half-written last line (an interruption) is cut away before appending."""
+    records = read_jsonl_log(
+        pred_path, lambda rec: isinstance(rec, dict) and isinstance(rec.get("id"), str)
+        and isinstance(rec.get("ranked"), list), lambda lineno: _damaged(pred_path, lineno))
+    return {rec["id"]: rec for rec in records}
+
+
+def row_sha256(row: MCRow) -> str:
+    """sha256 of what a question's scores depend on: its id, prompt, options (letter and text), answer and source."""
+    key = [row.id, row.prompt, list(row.options.items()), row.answer, row.source]
+    return hashlib.sha256(json.dumps(key, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def _drop_changed(done: dict[str, dict], rows: list[MCRow], out: Path) -> None:
+    """Forget the logged predictions of rows that changed since they were scored (they are scored again), saying
+    which."""
+    changed = [r.id for r in rows if r.id in done and done[r.id].get("row_sha256") != row_sha256(r)]
+    for qid in changed:
+        del done[qid]
+    if changed:
+        shown = ", ".join(changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else "")
+        log.warning("resuming in %s: %d question(s) changed in the input since they were scored and are scored "
+                    "again: %s", out, len(changed), shown)
 
 
 def _request(row: MCRow, cfg: EvalConfig, retrieval: bool, expert: str) -> Request:
@@ -135,11 +155,16 @@ def _batches(items: list[Prepared], size: int) -> Iterable[list[Prepared]]:
 
 def _record(p: Prepared, res: OptionScores, source: str) -> dict[str, Any]:
     letters = p.row.letters
+    if not all(math.isfinite(x) for x in res.scores):
+        raise AsymmetryError(
+            f"the option scores of question {p.row.id!r} are not finite ({res.scores}): the model produced NaN or "
+            "infinite log-likelihoods; check the model's dtype and the scoring settings (cfg_scale), then --resume"
+        )
     order = sorted(range(len(letters)), key=lambda j: -res.scores[j])
     return {"id": p.row.id, "ranked": [letters[j] for j in order], "answer": p.row.answer, "expert": p.expert,
             "confidence": p.plan.confidence, "source": p.row.source or source, "scores": res.scores,
             "loglik": res.loglik, "n_tokens": res.n_tokens, "loglik_plain": res.plain_loglik,
-            "sources": [s.title for s in p.plan.sources]}
+            "sources": [s.title for s in p.plan.sources], "row_sha256": row_sha256(p.row)}
 
 
 def _open_run(out: Path, settings: dict, resume: bool, overwrite: bool) -> dict[str, dict]:
@@ -152,8 +177,14 @@ def _open_run(out: Path, settings: dict, resume: bool, overwrite: bool) -> dict[
                 f"{out} already holds a run ({PREDICTIONS}): pass --resume to continue it, --overwrite to start over, "
                 "or choose another --out"
             )
-        saved = json.loads(run_path.read_text(encoding="utf-8")) if run_path.is_file() else {}
-        changed = [k for k in SETTINGS_KEYS if k != "n_questions" and saved.get(k) != settings[k]]
+        try:
+            saved = json.loads(run_path.read_text(encoding="utf-8")) if run_path.is_file() else {}
+        except (OSError, ValueError):
+            saved = None
+        if not isinstance(saved, dict):
+            raise AsymmetryError(f"cannot resume in {out}: {run_path} is damaged, so the run's settings are unknown: "
+                                 "use --overwrite or another --out")
+        changed = [k for k in SETTINGS_KEYS if k not in NOT_COMPARED and saved.get(k) != settings[k]]
         if changed:
             raise AsymmetryError(
                 f"cannot resume in {out}: setting {changed[0]} was {saved.get(changed[0])!r}, now {settings[changed[0]]!r}"
@@ -162,7 +193,7 @@ def _open_run(out: Path, settings: dict, resume: bool, overwrite: bool) -> dict[
         done = _load_done(pred_path)
     elif pred_path.exists():
         pred_path.unlink()
-    atomic_write_text(run_path, json.dumps(settings, indent=1) + "\n")
+    atomic_write_json(run_path, settings)
     return done
 
 
@@ -220,24 +251,25 @@ def run_mc(
 
     ``engine`` plans every question (pass one to share its loaded models); by default one is made from ``config``.
     """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise AsymmetryError(f"--out {out} is a file: pass a folder (it is created when missing)")
     engine = engine or Engine(config)
     config = engine.config
     cfg = cfg or config.eval
     retrieval = cfg.retrieval if retrieval is None else retrieval
     expert = expert or cfg.expert
-    batch_size = batch_size or cfg.batch_size
-    if batch_size < 1:
-        raise AsymmetryError(f"invalid --batch-size {batch_size}: use a positive integer")
+    batch_size = cfg.batch_size if batch_size is None else positive_int("batch_size", batch_size)
     if limit is not None and limit < 1:
         raise AsymmetryError(f"invalid --limit {limit}: use a positive integer")
     if expert not in (AUTO, BARE):
         engine.experts.get(expert)  # an unknown name fails before anything is written
     path = Path(path)
     rows = read_mc_csv(path)[:limit]
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = _settings(cfg, path, len(rows), retrieval, expert, config.retrieval.mode)
     done = _open_run(out, settings, resume, overwrite)
+    _drop_changed(done, rows, out)
 
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -251,7 +283,7 @@ def run_mc(
     records = [done[r.id] for r in rows]
     write_submission([(r["id"], r["ranked"][: cfg.top]) for r in records], out / "submission.csv")
     report = build_report(records, settings, timings, n_scored=len(prepared), top=cfg.top)
-    atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_json(out / "report.json", report)  # strict JSON: undefined metrics are null
     if plot:
         reports = [report] + [load_report(c) for c in compare]
         plot_accuracy_by_expert(reports, out / "accuracy_by_expert.png")
@@ -282,7 +314,7 @@ def build_report(records: list[dict], settings: dict, timings: dict[str, float],
         by_source[r["source"]].append(r)
     overall = metrics(records)
     score_t = timings.get("score", 0.0)
-    return {
+    return strict_json({
         "primary_metric": PRIMARY_METRIC,
         PRIMARY_METRIC: overall.get(f"map@{top}"),
         "accuracy": overall["accuracy"],
@@ -291,6 +323,6 @@ def build_report(records: list[dict], settings: dict, timings: dict[str, float],
         "per_expert": {k: metrics(v) for k, v in sorted(by_expert.items())},
         "per_source": {k: metrics(v) for k, v in sorted(by_source.items())},
         "timings": {**timings, "scored_this_run": float(n_scored),
-                    "questions_per_s": n_scored / score_t if score_t > 0 else float("nan")},
+                    "questions_per_s": n_scored / score_t if score_t > 0 else None},
         "settings": settings,
-    }
+    })

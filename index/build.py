@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,8 +94,8 @@ def _save_shard(work: Path, i: int, chunks: list[Chunk], vectors: np.ndarray) ->
         np.save(tmp, vectors)  # (B, D)
     atomic_write_text(jsonl, "".join(json.dumps({"title": c.title, "text": c.text, "url": c.url,
                                                  "metadata": c.metadata}, ensure_ascii=False) + "\n" for c in chunks))
-    atomic_write_json(_shard_record_path(work, i), {"passages": len(chunks), "dim": int(vectors.shape[1]),
-                                                    "sha256": {npy.name: sha256_file(npy), jsonl.name: sha256_file(jsonl)}})
+    sums = {npy.name: sha256_file(npy), jsonl.name: sha256_file(jsonl)}
+    atomic_write_json(_shard_record_path(work, i), {"passages": len(chunks), "dim": int(vectors.shape[1]), "sha256": sums})
 
 
 def _shard_problem(work: Path, i: int, expected: int) -> str | None:
@@ -325,8 +326,8 @@ def _prepare_work_area(work: Path, spec: dict) -> None:
         if old_source is not None and old_source != spec["corpus"]["source"]:
             raise AsymmetryError(
                 f"{work} holds {len(shards)} embedding shards of another corpus ({old_source}); this build is of "
-                f"{spec['corpus']['source']}. To continue or rebuild that index: asymmetry index build --index-dir "
-                f"{mf.quote(work.parent)} --corpus {mf.quote(old_source)} --rebuild; to discard its shards and build "
+                f"{spec['corpus']['source']}. To continue or rebuild that index: {mf.rebuild_command(work.parent)}; "
+                "to discard its shards and build "
                 f"this corpus there, delete {mf.quote(work)} first, or choose another --index-dir"
             )
         log.warning("discarding embedding shards of a different build in %s", work)
@@ -385,14 +386,35 @@ def _stage_files(job: _Job, shards: _Shards) -> _Staged:
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir()
-    kind, params, dim = _write_faiss(job, shards, folder / mf.FAISS_NAME)
+    with _writing(folder / mf.FAISS_NAME):
+        kind, params, dim = _write_faiss(job, shards, folder / mf.FAISS_NAME)
     staged = _Staged(folder, kind, params, dim, [mf.FAISS_NAME, mf.STORE_NAME, mf.BM25_DIR])
     if kind == "ivfpq" and params.get("refine"):
-        _write_vectors(job.work, shards.count, shards.passages, dim, folder / mf.VECTORS_NAME)
+        with _writing(folder / mf.VECTORS_NAME):
+            _write_vectors(job.work, shards.count, shards.passages, dim, folder / mf.VECTORS_NAME)
         staged.names.append(mf.VECTORS_NAME)
-    write_store(folder / mf.STORE_NAME, _shard_rows(job.work, shards.count))
-    _build_bm25(job.work, shards.count, folder / mf.BM25_DIR, job.progress)
+    with _writing(folder / mf.STORE_NAME):
+        write_store(folder / mf.STORE_NAME, _shard_rows(job.work, shards.count))
+    with _writing(folder / mf.BM25_DIR):
+        _build_bm25(job.work, shards.count, folder / mf.BM25_DIR, job.progress)
     return staged
+
+
+@contextmanager
+def _writing(path: Path):
+    """Turn a failed write of an index file (FAISS and sqlite report a full disk or a file size limit in their own
+    exception types) into one line naming the file, the free space and the fix; the finished shards stay."""
+    try:
+        yield
+    except (RuntimeError, sqlite3.Error, OSError) as exc:
+        if isinstance(exc, RuntimeError) and "write" not in str(exc).lower() and "fwrite" not in str(exc):
+            raise
+        free = shutil.disk_usage(path.parent).free
+        raise AsymmetryError(
+            f"cannot write {path} ({str(exc).splitlines()[0][:160]}; {free / 1e6:.0f} MB free on its filesystem): "
+            "if the disk is full or a file size limit (ulimit -f) is set, free space or raise it and rerun the same "
+            "command; the finished embedding shards are kept"
+        ) from None
 
 
 def _write_faiss(job: _Job, shards: _Shards, out: Path) -> tuple[str, dict, int]:

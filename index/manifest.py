@@ -75,13 +75,18 @@ def read_spec(index_dir: Path) -> dict | None:
     return spec if isinstance(spec, dict) and isinstance(spec.get("corpus"), dict) else None
 
 
-def _recorded_source(index_dir: Path) -> object:
-    """The corpus source recorded in the folder: the manifest's when it still parses, else the work area's spec."""
+def _recorded(index_dir: Path) -> dict:
+    """What the folder records of its build: the manifest's fields when it still parses, else the work area's spec
+    (corpus source, shard size, index type), for the fix that rebuilds it."""
     try:
-        source = json.loads((index_dir / MANIFEST_NAME).read_text(encoding="utf-8"))["corpus"]["source"]
-    except (OSError, ValueError, KeyError, TypeError):
-        source = None
-    return source if source is not None else (read_spec(index_dir) or {}).get("corpus", {}).get("source")
+        raw = json.loads((index_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raw = {}
+    raw = raw if isinstance(raw, dict) else {}
+    build = raw.get("build") if isinstance(raw.get("build"), dict) else read_spec(index_dir) or {}
+    corpus = raw.get("corpus") if isinstance(raw.get("corpus"), dict) else build.get("corpus") or {}
+    return {"source": corpus.get("source") if isinstance(corpus, dict) else None,
+            "shard_size": build.get("shard_size"), "index_type": raw.get("index_type")}
 
 
 def _corpus_argument(source: object) -> str | None:
@@ -91,15 +96,22 @@ def _corpus_argument(source: object) -> str | None:
 
 
 def rebuild_command(index_dir: Path, manifest: Manifest | None = None) -> str:
-    """The command that rebuilds the index in ``index_dir`` from the corpus it was built from (the manifest's, else
-    the work area's spec; finished embedding shards are reused). Every damaged-index message prints it."""
-    source = manifest.corpus.get("source") if manifest is not None and isinstance(manifest.corpus, dict) else None
-    if source is None:
-        source = _recorded_source(index_dir)
-    corpus = _corpus_argument(source)
+    """The command that rebuilds the index in ``index_dir`` as it was built (its corpus, shard size and index type:
+    the manifest's, else the work area's spec), reusing the finished embedding shards. Every damaged-index message
+    prints it."""
+    recorded = _recorded(index_dir)
+    if manifest is not None:
+        recorded.update(source=manifest.corpus.get("source"), index_type=manifest.index_type,
+                        shard_size=manifest.build.get("shard_size", recorded["shard_size"]))
+    corpus = _corpus_argument(recorded["source"])
     if corpus is None:
         corpus = "default" if index_dir == default_index_dir() else "CORPUS-IT-WAS-BUILT-FROM"
-    return f"asymmetry index build --index-dir {quote(index_dir)} --corpus {quote(corpus)} --rebuild"
+    cmd = f"asymmetry index build --index-dir {quote(index_dir)} --corpus {quote(corpus)}"
+    if isinstance(recorded["index_type"], str) and recorded["index_type"] in ("flat", "hnsw", "ivfpq"):
+        cmd += f" --index-type {recorded['index_type']}"
+    if isinstance(recorded["shard_size"], int) and recorded["shard_size"] > 0:
+        cmd += f" --shard-size {recorded['shard_size']}"
+    return cmd + " --rebuild"
 
 
 def write_manifest(index_dir: Path, manifest: Manifest) -> None:
@@ -114,8 +126,8 @@ def read_manifest(index_dir: Path) -> Manifest | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         manifest = Manifest(**data)
-        if not isinstance(manifest.files, dict) or not isinstance(manifest.corpus, dict):
-            raise TypeError("files and corpus must be objects")
+        if not all(isinstance(x, dict) for x in (manifest.files, manifest.corpus, manifest.build)):
+            raise TypeError("files, corpus and build must be objects")
     except (ValueError, TypeError) as exc:
         raise AsymmetryError(f"{path} is damaged ({exc}): rebuild with {rebuild_command(index_dir)}") from None
     if manifest.format_version != FORMAT_VERSION:

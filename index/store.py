@@ -76,7 +76,8 @@ class PassageStore:
     def __init__(self, path: Path):
         self.path = Path(path)
         if not self.path.is_file():
-            raise AsymmetryError(f"passage store {self.path} is missing: rebuild with {mf.rebuild_command(self.path.parent)}")
+            raise AsymmetryError(
+                f"passage store {self.path} is missing: rebuild with {mf.rebuild_command(self.path.parent)}")
         try:
             self._con = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
             (self._count,) = self._con.execute("SELECT COUNT(*) FROM passages").fetchone()

@@ -55,7 +55,7 @@ def default_router_path() -> Path:
 def retrain_command(path: Path) -> str:
     """The fix for a damaged router file: retrain it (the committed one: into the home folder, which load prefers)."""
     if path.resolve() == DEFAULT_ROUTER_FILE.resolve():
-        return "asymmetry router train (it writes a router into ASYMMETRY_HOME, used from then on), or reinstall asymmetry"
+        return "asymmetry router train (it writes a router into ASYMMETRY_HOME, used from then on) or reinstall"
     return f"asymmetry router train --out {shlex.quote(str(path))}"
 
 

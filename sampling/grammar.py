@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from asymmetry.errors import AsymmetryError
+from asymmetry.integrity import read_utf8
 
 _LOCK = threading.Lock()
 _COMPILERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -84,7 +85,7 @@ def read_constraint(config) -> dict[str, Any] | None:
         path = Path(config.grammar_file)
         if not path.is_file():
             raise AsymmetryError(f"grammar file {path} does not exist: pass an existing GBNF/EBNF file")
-        return {"grammar": path.read_text(encoding="utf-8"), "source": f"grammar file {path}"}
+        return {"grammar": read_utf8(path, "grammar file"), "source": f"grammar file {path}"}
     if config.json_schema is not None:
         text = config.json_schema
         if not text.lstrip().startswith("{"):
@@ -92,7 +93,7 @@ def read_constraint(config) -> dict[str, Any] | None:
             if not path.is_file():
                 raise AsymmetryError(f"JSON schema file {path} does not exist: pass an existing .json file or the "
                                      "schema text itself")
-            return {"json_schema": path.read_text(encoding="utf-8"), "source": f"JSON schema file {path}"}
+            return {"json_schema": read_utf8(path, "JSON schema file"), "source": f"JSON schema file {path}"}
         return {"json_schema": text, "source": "sampler.json_schema"}
     return None
 

@@ -5,16 +5,27 @@ concern in this package (``index``, ``search``, ``experts``, ``router``, ``eval`
 ``register(subparsers)``. This module assembles them, loads the config and turns :class:`AsymmetryError` into a
 one-line message and exit code 2. Heavy third-party libraries (faiss, transformers' models) load when a command
 runs.
+
+Last line of defence: any other exception becomes one line naming the command and the error, with the full traceback
+written to ``$ASYMMETRY_HOME/logs/`` (exit 1). A write that fails for lack of space or permission is a clear error
+(exit 2) naming the file. A file size limit (``ulimit -f``) raises an error instead of killing the process
+(SIGXFSZ is ignored).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
+import os
 import signal
 import sys
+import tempfile
+import traceback
+from pathlib import Path
 
 from asymmetry import commands, defaults
+from asymmetry.atomic import write_error
 from asymmetry.cli import eval as eval_cli
 from asymmetry.cli import experts as experts_cli
 from asymmetry.cli import index as index_cli
@@ -55,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if sys.stdin.isatty():  # Ctrl-C works at a terminal even when launched from a shell that ignores SIGINT (nohup, &)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past ulimit -f a write fails with EFBIG (reported) instead
     try:
+        _warn_read_only_home()
         args.cfg = Config.load(args.config)
         return int(args.func(args) or 0)
     except AsymmetryError as exc:
@@ -66,6 +79,56 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        err = write_error(exc.filename, exc)
+        if err is not None:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return _unexpected(args, exc)
+    except Exception as exc:  # noqa: BLE001 -- the last line of defence: one line and a logged traceback
+        return _unexpected(args, exc)
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """``asymmetry index build``: the command and its action, as typed."""
+    words = [args.command] if getattr(args, "command", None) else []
+    action = getattr(args, f"{args.command}_command", None) if words else None
+    return " ".join(["asymmetry", *words, *([action] if isinstance(action, str) else [])])
+
+
+def _warn_read_only_home() -> None:
+    if not defaults.home_is_writable():
+        print(f"warning: ASYMMETRY_HOME {defaults.home()} is read-only: using what is already built there; a command "
+              "that must build or convert something will say so (point ASYMMETRY_HOME at a writable folder)",
+              file=sys.stderr)
+
+
+def _log_folder() -> Path:
+    try:
+        folder = defaults.home() / "logs"
+        folder.mkdir(exist_ok=True)
+        if os.access(folder, os.W_OK):
+            return folder
+    except (OSError, AsymmetryError):
+        pass
+    return Path(tempfile.gettempdir())
+
+
+def _unexpected(args: argparse.Namespace, exc: BaseException) -> int:
+    """Log the full traceback to ``$ASYMMETRY_HOME/logs/`` and print one line naming the command, the error and
+    the log; exit code 1."""
+    name = command_name(args)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = _log_folder() / f"asymmetry-{stamp}-{os.getpid()}.log"
+    try:
+        path.write_text(f"{name}\nargv: {sys.argv}\n\n" + "".join(traceback.format_exception(exc)), encoding="utf-8")
+        where = f"full traceback in {path}"
+    except OSError:
+        where = "the traceback could not be logged"
+    message = str(exc).splitlines()[0][:300] if str(exc) else ""
+    print(f"error: {name} failed unexpectedly: {type(exc).__name__}: {message} ({where}); please report it",
+          file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -88,14 +88,21 @@ def _mc(args) -> int:
     if args.json:
         print(json.dumps(report, indent=1, allow_nan=False))
         return 0
-    print(f"map@3 {report['map@3']:.4f}  accuracy {report['accuracy']:.4f}  ({report['answered']} answered of "
-          f"{report['questions']} questions)")
+    print(f"map@3 {_metric(report['map@3'])}  accuracy {_metric(report['accuracy'])}  ({report['answered']} "
+          f"answered of {report['questions']} questions)")
     for name, m in report["per_expert"].items():
-        print(f"  expert {name:<12} map@3 {m['map@3']:.4f}  accuracy {m['accuracy']:.4f}  n={int(m['questions'])}")
+        print(f"  expert {name:<12} map@3 {_metric(m['map@3'])}  accuracy {_metric(m['accuracy'])}  "
+              f"n={int(m['questions'])}")
     for name, m in report["per_source"].items():
-        print(f"  source {name:<12} map@3 {m['map@3']:.4f}  accuracy {m['accuracy']:.4f}  n={int(m['questions'])}")
+        print(f"  source {name:<12} map@3 {_metric(m['map@3'])}  accuracy {_metric(m['accuracy'])}  "
+              f"n={int(m['questions'])}")
     print(f"wrote {args.out}/submission.csv, report.json, accuracy_by_expert.png")
     return 0
+
+
+def _metric(value: float | None) -> str:
+    """A metric, or "-" when it is undefined (no question of the group has a gold answer)."""
+    return "  -   " if value is None else f"{value:.4f}"
 
 
 def _export(args) -> int:

@@ -9,7 +9,14 @@ from dataclasses import asdict
 from asymmetry.config import override
 from asymmetry.index.build import build_index
 from asymmetry.index.config import INDEX_TYPES
-from asymmetry.index.manifest import WORK_DIR, load_manifest, quote, read_manifest, read_spec, resolve_index_dir
+from asymmetry.index.manifest import (
+    WORK_DIR,
+    load_manifest,
+    quote,
+    read_manifest,
+    rebuild_command,
+    resolve_index_dir,
+)
 
 
 def register(sub) -> None:
@@ -71,9 +78,9 @@ def _info(args) -> int:
     if m is None:
         shards = sorted((root / WORK_DIR).glob("shard-*.jsonl")) if (root / WORK_DIR).is_dir() else []
         state = f"; a build is in progress or was interrupted ({len(shards)} shards finished)" if shards else ""
-        spec = read_spec(root) if shards else None
-        corpus = f" --corpus {quote(spec['corpus'].get('source'))}" if spec else ""
-        print(f"{root}: no complete index{state}. Build it with: asymmetry index build --index-dir {quote(root)}{corpus}")
+        fix = (rebuild_command(root).removesuffix(" --rebuild") if shards
+               else f"asymmetry index build --index-dir {quote(root)}")
+        print(f"{root}: no complete index{state}. Build it with: {fix}")
         return 1
     if args.json:
         print(json.dumps(asdict(m), indent=2, ensure_ascii=False))

@@ -1,0 +1,105 @@
+"""The command line under bad input: one line, exit 2, the fix, before any model loads; and the last line of
+defence for anything unexpected (one line naming the command and the logged traceback, exit 1)."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+
+from asymmetry.cli import index as index_cli
+from asymmetry.errors import AsymmetryError
+from asymmetry.sampling.config import SamplerConfig
+from asymmetry.sampling.grammar import read_constraint
+
+from .conftest import run_cli
+
+MC = "prompt,A,B,C,answer\nWhat is 2+2?,3,4,5,B\nWhat is frozen water?,ice,steam,fire,A\n"
+
+
+@pytest.fixture
+def mc_csv(tmp_path) -> Path:
+    path = tmp_path / "q.csv"
+    path.write_text(MC)
+    return path
+
+
+@pytest.mark.parametrize("flag", [["--cfg-scale", "nan"], ["--cfg-scale", "inf"], ["--cfg-scale", "-1"],
+                                  ["--batch-size", "0"], ["--k", "0"]])
+def test_eval_mc_flags_are_validated_like_the_toml_keys(flag, mc_csv, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = run_cli(["eval", "mc", str(mc_csv), "--no-retrieval", "--out", str(out), *flag], capsys)
+    key = flag[0][2:].replace("-", "_")
+    assert code == 2 and err.startswith(f"error: invalid {flag[0]} (eval.{key})=") and err.count("\n") == 1
+    assert not out.exists()
+    toml = tmp_path / "c.toml"
+    toml.write_text(f"[eval]\n{key} = {flag[1]}\n")
+    code, _, err = run_cli(["--config", str(toml), "eval", "mc", str(mc_csv), "--out", str(out)], capsys)
+    assert code == 2 and f"invalid eval.{key}=" in err and not out.exists()
+
+
+@pytest.mark.parametrize("toml", ["[sampler]\ntemperature = nan", "[sampler]\ntop_p = inf",
+                                  "[eval]\nqa_sampler = { temperature = -inf }", "[assistant]\nmixture_margin = nan",
+                                  "[router]\nthreshold = nan", "[retrieval]\ndedup_threshold = nan",
+                                  "[retrieval]\nrerank_min_score = -inf", "[index]\nshard_size = -5"])
+def test_non_finite_and_out_of_range_settings_are_rejected_everywhere(toml, tmp_path, capsys):
+    path = tmp_path / "c.toml"
+    path.write_text(toml + "\n")
+    code, _, err = run_cli(["--config", str(path), "expert", "list"], capsys)
+    assert code == 2 and err.startswith("error: invalid ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("flag", [["--temperature", "nan"], ["--top-p", "inf"], ["--tau", "nan"]])
+def test_sampler_flags_reject_non_finite_values(flag, capsys):
+    code, _, err = run_cli(["generate", "hello", *flag], capsys)
+    assert code == 2 and "finite" in err and err.count("\n") == 1
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_work(mc_csv, tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.write_text("mine")
+    code, _, err = run_cli(["eval", "mc", str(mc_csv), "--no-retrieval", "--out", str(out)], capsys)
+    assert code == 2 and f"--out {out} is a file" in err and out.read_text() == "mine"
+
+
+def test_a_non_utf8_grammar_file_is_a_clear_error(tmp_path):
+    grammar = tmp_path / "g.gbnf"
+    grammar.write_bytes('root ::= "caf\u00e9"\n'.encode("latin-1"))
+    with pytest.raises(AsymmetryError, match="grammar file .* is not UTF-8 \\(invalid byte 0xe9 on line 1\\).*iconv"):
+        read_constraint(SamplerConfig(grammar_file=str(grammar)))
+
+
+def test_an_unexpected_error_is_one_line_naming_the_command_and_the_log(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("ASYMMETRY_HOME", str(tmp_path / "home"))
+
+    def broken(args):
+        return {}["missing"]
+
+    monkeypatch.setattr(index_cli, "_info", broken)
+    code, _, err = run_cli(["index", "info"], capsys)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: asymmetry index info failed unexpectedly: KeyError: 'missing' (full traceback in ")
+    logs = list((tmp_path / "home" / "logs").glob("asymmetry-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in err
+    text = logs[0].read_text()
+    assert "Traceback (most recent call last)" in text and "def broken" not in text and "KeyError" in text
+
+
+def test_a_full_disk_outside_an_atomic_write_is_still_a_clear_error(monkeypatch, tmp_path, capsys):
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.bin"))
+
+    monkeypatch.setattr(index_cli, "_info", full)
+    code, _, err = run_cli(["index", "info"], capsys)
+    assert code == 2 and f"cannot write {tmp_path / 'x.bin'}: the disk is full (" in err and "MB free" in err
+
+
+def test_json_output_is_strict(mc_csv, tmp_path):
+    from asymmetry.eval.runner import build_report
+
+    report = build_report([{"id": "0", "ranked": ["A", "B"], "answer": None, "expert": "e", "source": "s"}], {},
+                          {"score": 0.0}, n_scored=0)
+    assert report["map@3"] is None and report["timings"]["questions_per_s"] is None
+    json.dumps(report, allow_nan=False)
