@@ -31,7 +31,7 @@ from typing import Any
 from asymmetry.errors import AsymmetryError, ConfigError
 from asymmetry.experts.config import ExpertsConfig
 from asymmetry.index.config import IndexConfig
-from asymmetry.integrity import finite_number, positive_int
+from asymmetry.integrity import finite_number, positive_int, read_utf8
 from asymmetry.retrieval.config import RetrievalConfig
 from asymmetry.router.config import RouterConfig
 from asymmetry.sampling.config import SamplerConfig
@@ -145,7 +145,7 @@ class Config:
         if not path.is_file():
             raise AsymmetryError(f"config file {path} does not exist: pass an existing TOML file or omit --config")
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            data = tomllib.loads(read_utf8(path, "config file"))
         except tomllib.TOMLDecodeError as exc:
             raise AsymmetryError(f"config file {path} is not valid TOML ({exc}): fix the syntax at that position")
         return cls.from_dict(data, source=str(path))

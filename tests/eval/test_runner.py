@@ -81,6 +81,34 @@ def test_resume_after_interruption(full_run, arc_csv, base_cfg, engine, tmp_path
     assert resumed["map@3"] == pytest.approx(report["map@3"])
 
 
+def test_resume_rescores_exactly_the_changed_rows(full_run, arc_csv, base_cfg, engine, tmp_path, caplog):
+    out, report = full_run
+    with open(arc_csv, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    rows[1]["prompt"] = rows[1]["prompt"] + " (edited)"  # a changed question
+    rows[2]["answer"] = next(c for c in "ABCD" if c != rows[2]["answer"] and rows[2].get(c))  # a changed answer
+    edited = tmp_path / "arc.csv"
+    with open(edited, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "predictions.jsonl").write_text((out / "predictions.jsonl").read_text())
+    settings = json.loads((out / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**settings, "file": str(edited.resolve())}))
+    resumed = run_mc(edited, run, base_cfg, engine=engine, resume=True, progress=False, plot=False)
+    assert resumed["timings"]["scored_this_run"] == 2
+    ids = [r.id for r in read_mc_csv(edited)]
+    assert f"scored again: {ids[1]}, {ids[2]}" in caplog.text
+    logged = {}
+    for line in (run / "predictions.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        logged[rec["id"]] = rec
+    assert logged[ids[2]]["answer"] == rows[2]["answer"]  # the new gold letter is what the report scores
+    assert resumed["settings"]["input_sha256"] != report["settings"]["input_sha256"]
+
+
 def test_cli_export_and_errors(tmp_path, capsys):
     target = tmp_path / "obqa.csv"
     assert main(["eval", "export", "openbookqa", "--split", "validation", "--limit", "4", "--out", str(target)]) == 0
