@@ -247,6 +247,20 @@ def _pad_left(t: torch.Tensor, width: int, dim: int = -2) -> torch.Tensor:
     return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
+def new_slot(gen: Generator, prompt: str | list[int], config: SamplerConfig, *, negative_prompt=None,
+             branches: Sequence[Branch] = (), combiner: BranchCombiner | None = None,
+             row_kwargs: dict[str, Any] | None = None, stop: Sequence[str] | None = None) -> _Slot:
+    """One request laid out as the generator lays out a batch of one: its rows, chain, seed and stop strings."""
+    if not isinstance(config, SamplerConfig):
+        raise AsymmetryError(f"config must be a SamplerConfig, got {type(config).__name__}")
+    gen._check_branches(branches, combiner)
+    negative = negative_prompt if negative_prompt is not None else config.negative_prompt
+    seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
+    stops = list(config.stop) + list(stop or [])
+    rows, rows_kw, (req,) = gen._layout([prompt], config, negative, branches, combiner, row_kwargs, seed, stops)
+    return _Slot(req, config, rows, rows_kw, seed)
+
+
 class BatchRunner:
     """A thread that steps one :class:`DecodeBatch`; requests :meth:`submit` from any thread.
 
@@ -286,15 +300,8 @@ class BatchRunner:
                row_kwargs: dict[str, Any] | None = None, stop: Sequence[str] | None = None) -> BatchStream:
         """Queue one request (options as in :meth:`Generator.generate`). Its prompt, grammar and branches are
         checked here, in the caller's thread, so a bad request fails before it waits."""
-        gen = self.gen
-        if not isinstance(config, SamplerConfig):
-            raise AsymmetryError(f"config must be a SamplerConfig, got {type(config).__name__}")
-        gen._check_branches(branches, combiner)
-        negative = negative_prompt if negative_prompt is not None else config.negative_prompt
-        seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
-        stops = list(config.stop) + list(stop or [])
-        rows, rows_kw, (req,) = gen._layout([prompt], config, negative, branches, combiner, row_kwargs, seed, stops)
-        slot = _Slot(req, config, rows, rows_kw, seed)
+        slot = new_slot(self.gen, prompt, config, negative_prompt=negative_prompt, branches=branches,
+                        combiner=combiner, row_kwargs=row_kwargs, stop=stop)
         with self._cond:
             if self._closed:
                 raise AsymmetryError("the batch runner is stopped: the server is shutting down")

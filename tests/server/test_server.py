@@ -22,6 +22,7 @@ import uvicorn
 from asymmetry.config import Config
 from asymmetry.engine import Engine
 from asymmetry.errors import AsymmetryError
+from asymmetry.experts import ModelPool
 from asymmetry.server import ServerSettings, create_app
 
 GREEDY = {"max_tokens": 10, "temperature": 0}
@@ -58,6 +59,13 @@ def running_server(engine: Engine, **settings):
 
 def small_engine(pool) -> Engine:
     return Engine(Config.from_dict({"experts": {"lineup": "small"}}), pool=pool)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """A pool of this module's own: the server attaches the small line-up's adapters to its SmolLM2, and the session's
+    shared SmolLM2 stays bare for the other tests."""
+    return ModelPool()
 
 
 @pytest.fixture(scope="module")
