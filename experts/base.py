@@ -75,14 +75,28 @@ def _concat_gguf(parts: list[Path], filename: str) -> Path:
     return target
 
 
+CONTENT_KEY_BYTES = 8 << 20
+
+
+def _content_key(path: Path) -> str:
+    """A cache key from the file's content, not its path or time: its size and the SHA-1 of its first and last 8 MB
+    (a GGUF's header, tensor table and last tensors). A home copied elsewhere keeps its converted models."""
+    size = path.stat().st_size
+    digest = hashlib.sha1(str(size).encode())
+    with open(path, "rb") as fh:
+        digest.update(fh.read(CONTENT_KEY_BYTES))
+        fh.seek(max(0, size - CONTENT_KEY_BYTES))
+        digest.update(fh.read(CONTENT_KEY_BYTES))
+    return digest.hexdigest()[:10]
+
+
 def convert_gguf(gguf: Path, name: str | None = None, dtype: str = "float32") -> Path:
     """Convert a GGUF file once into a plain safetensors folder in the cache, weights stored as ``dtype``; return
     that folder. A 1.5B model is kept in bfloat16 (3.6 GB rather than 7.1 GB; this CPU family has AVX512-BF16)."""
     gguf = Path(gguf)
     if not gguf.is_file():
         raise AsymmetryError(f"GGUF file {gguf} does not exist: point the model at an existing .gguf file or folder")
-    stat = gguf.stat()
-    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:10]
+    key = _content_key(gguf)
     if dtype != "float32":
         key += f"-{dtype}"
     target = models_dir() / f"{name or gguf.stem}-{key}"

@@ -1,0 +1,29 @@
+"""Converted GGUF models are cached by content: a copied or moved GGUF (or a home copied elsewhere) is not
+converted again."""
+
+from __future__ import annotations
+
+import shutil
+
+from asymmetry import defaults
+from asymmetry.experts.base import _content_key, convert_gguf, models_dir, resolve_model
+
+
+def test_a_copied_gguf_reuses_the_converted_folder(tmp_path):
+    _, folder = resolve_model("smollm2")  # converted once (or found) in the home
+    before = sorted(p.name for p in models_dir().iterdir())
+    copy = tmp_path / "elsewhere" / "my-copy.gguf"
+    copy.parent.mkdir()
+    shutil.copyfile(defaults.smollm_gguf_path(), copy)
+    assert convert_gguf(copy, "smollm2-135m-instruct") == folder
+    assert sorted(p.name for p in models_dir().iterdir()) == before  # nothing converted, nothing written
+
+
+def test_a_different_gguf_gets_its_own_folder(tmp_path):
+    _, folder = resolve_model("smollm2")
+    changed = tmp_path / "changed.gguf"
+    data = bytearray(defaults.smollm_gguf_path().read_bytes())
+    data[-1] ^= 0xFF  # the last byte of the last tensor
+    changed.write_bytes(bytes(data))
+    assert _content_key(changed) != _content_key(defaults.smollm_gguf_path())
+    assert folder.name.endswith(_content_key(defaults.smollm_gguf_path()))
