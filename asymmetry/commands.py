@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from asymmetry import defaults
 from asymmetry.assistant import Assistant
-from asymmetry.engine import sampler_with
+from asymmetry.engine import AUTO, BARE, sampler_with
 from asymmetry.errors import AsymmetryError
 from asymmetry.experts import ModelPool
 from asymmetry.sampling import Generator
@@ -119,13 +119,28 @@ def _print_sources(answer, out=sys.stdout) -> None:
         print(f"[{i}] {src.title}  (score {src.score:.3f}){url}", file=out)
 
 
+def _check_expert(bot: Assistant, name: str | None) -> None:
+    """An unknown expert or a missing or damaged adapter is reported before any model loads."""
+    if name not in (None, AUTO, BARE):
+        bot.experts.validate(name)
+
+
 def cmd_ask(args) -> int:
     bot = Assistant.load(args.cfg)
     kwargs = _call_kwargs(args)
-    if args.json:
-        answer = bot.ask(args.question, **kwargs)
-        print(json.dumps(answer.to_dict(), ensure_ascii=False, indent=2))
-        return 0
+    _check_expert(bot, args.expert)
+    if args.json:  # streamed silently, so Ctrl-C keeps the partial answer, marked interrupted, in the JSON
+        stream = bot.stream(args.question, **kwargs)
+        interrupted = False
+        try:
+            for _ in stream:
+                pass
+        except KeyboardInterrupt:
+            if stream.answer is None:
+                raise
+            interrupted = True
+        print(json.dumps(stream.answer.to_dict(), ensure_ascii=False, indent=2))
+        return 130 if interrupted else 0
     if args.no_stream:
         answer = bot.ask(args.question, **kwargs)
         print(answer.text.strip())
@@ -256,7 +271,9 @@ class ChatSession:
 
 
 def cmd_chat(args) -> int:
-    session = ChatSession(Assistant.load(args.cfg), _call_kwargs(args))
+    bot = Assistant.load(args.cfg)
+    _check_expert(bot, args.expert)
+    session = ChatSession(bot, _call_kwargs(args))
     history_file = _setup_readline()
     print("asymmetry chat: ask anything. /help for commands, /quit to leave.", flush=True)
     try:

@@ -124,13 +124,27 @@ def _read_run(out: Path) -> dict:
     return saved
 
 
-def _check_resume(out: Path, settings: dict) -> None:
+def _changed_rows(out: Path, items: Sequence[QAItem]) -> str:
+    """Which logged questions differ from the input now (id, question or gold answers), for the refusal."""
+    try:
+        logged = load_predictions(out / PREDICTIONS)
+    except AsymmetryError:
+        return ""
+    changed = [it.id for it in items if it.id in logged and (logged[it.id].get("question"), logged[it.id].get(
+        "answers")) != (it.question, list(it.answers))]
+    if not changed:
+        return ""
+    more = f" and {len(changed) - 10} more" if len(changed) > 10 else ""
+    return f"; changed questions: {', '.join(changed[:10])}{more}"
+
+
+def _check_resume(out: Path, settings: dict, items: Sequence[QAItem] = ()) -> None:
     saved = _read_run(out)
     if saved.get("input_sha256") != settings["input_sha256"]:
         raise AsymmetryError(
             f"cannot resume in {out}: the input changed since that run began (sha256 "
-            f"{str(saved.get('input_sha256'))[:12]}..., now {settings['input_sha256'][:12]}...): resume with the same "
-            "input, or use --overwrite or a new --out"
+            f"{str(saved.get('input_sha256'))[:12]}..., now {settings['input_sha256'][:12]}...)"
+            f"{_changed_rows(out, items)}: resume with the same input, or use --overwrite or a new --out"
         )
     for key, value in settings.items():
         if key not in NOT_COMPARED and saved.get(key) != value:
@@ -140,7 +154,8 @@ def _check_resume(out: Path, settings: dict) -> None:
             )
 
 
-def open_out(out: Path, settings: dict, *, resume: bool, overwrite: bool) -> dict[str, dict]:
+def open_out(out: Path, settings: dict, *, resume: bool, overwrite: bool, items: Sequence[QAItem] = ()
+             ) -> dict[str, dict]:
     """Check ``out`` against this run; return the records an earlier run already logged; write ``run.json``."""
     if resume and overwrite:
         raise AsymmetryError("--resume and --overwrite contradict each other: pass one of them")
@@ -155,7 +170,7 @@ def open_out(out: Path, settings: dict, *, resume: bool, overwrite: bool) -> dic
         for name in OUTPUTS:
             (out / name).unlink(missing_ok=True)
     elif resume and (out / PREDICTIONS).exists():
-        _check_resume(out, settings)
+        _check_resume(out, settings, items)
         done = load_predictions(out / PREDICTIONS)
     elif resume:
         log.info("nothing to resume in %s: starting a new run", out)
@@ -353,7 +368,7 @@ def run_qa(
     variants = VARIANTS if retrieval else ("closed",)
     systems = [OURS] + [system_name(b, v) for b in bases for v in variants]
     settings = _settings(engine, qa, len(items), expert, retrieval, overrides, baseline, list(bases))
-    done = open_out(out, settings, resume=resume, overwrite=overwrite)
+    done = open_out(out, settings, resume=resume, overwrite=overwrite, items=items)
 
     t_start = time.perf_counter()
     todo = [it for it in items if it.id not in done]

@@ -56,6 +56,22 @@ def resolve_adapter(adapter: str | None) -> str | None:
 
 def check_adapter(expert: str, adapter_dir: str | Path, base_name: str, base_path: Path | None = None) -> dict:
     """Validate an adapter folder for ``base_name``; return its peft config. Errors name the fix."""
+    cfg, trained_on, claimed = check_adapter_files(expert, adapter_dir)
+    if trained_on:
+        accepted = {base_name.lower()}
+        if base_path is not None:
+            accepted |= {str(base_path).lower(), base_path.name.lower()}
+        if not claimed & accepted:
+            raise AsymmetryError(
+                f"adapter {adapter_dir} of expert {expert!r} was trained on {trained_on}, but the expert's base is "
+                f"{base_name}: set that expert's base to the adapter's model, or retrain the adapter on {base_name}"
+            )
+    return cfg
+
+
+def check_adapter_files(expert: str, adapter_dir: str | Path) -> tuple[dict, str | None, set[str]]:
+    """The checks of an adapter folder that need no model: present, intact (its SHA256SUMS, or a complete
+    safetensors header), readable JSON. Returns (peft config, the base it claims, the names that base goes by)."""
     folder = Path(adapter_dir)
     cfg_file = folder / "adapter_config.json"
     hint = (
@@ -79,16 +95,7 @@ def check_adapter(expert: str, adapter_dir: str | Path, base_name: str, base_pat
         card = _json_object(card_file, f"{hint}, or restore the adapter")
         trained_on = card.get("base_model") or trained_on
         claimed = {str(card.get(k)).lower() for k in ("base_model", "base_folder") if card.get(k)} or claimed
-    if trained_on:
-        accepted = {base_name.lower()}
-        if base_path is not None:
-            accepted |= {str(base_path).lower(), base_path.name.lower()}
-        if not claimed & accepted:
-            raise AsymmetryError(
-                f"adapter {folder} of expert {expert!r} was trained on {trained_on}, but the expert's base is "
-                f"{base_name}: set that expert's base to the adapter's model, or retrain the adapter on {base_name}"
-            )
-    return cfg
+    return cfg, trained_on, claimed
 
 
 def _json_object(path: Path, fix: str) -> dict:
@@ -171,10 +178,17 @@ class ExpertRegistry:
         """The pooled base of expert ``name`` (loaded on first use, shared with every expert on it)."""
         return self.pool.base(self.get(name).base, self.placement)
 
+    def validate(self, name: str) -> None:
+        """Fail now, before any model loads, when ``name`` is not an expert or its adapter is missing or damaged."""
+        expert = self.get(name)
+        if expert.adapter:
+            check_adapter_files(name, expert.adapter)
+
     def model(self, name: str) -> ExpertModel:
         """Expert ``name`` as an :class:`ExpertModel`: its adapter attached (once) to the shared base."""
         expert = self.get(name)
         if expert.adapter and name not in self._checked:  # validate before loading anything
+            check_adapter_files(name, expert.adapter)  # before a base is converted: a missing adapter fails at once
             base_name, base_path = resolve_model(expert.base)
             check_adapter(name, expert.adapter, base_name, base_path)
             with self._lock:

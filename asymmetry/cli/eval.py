@@ -52,7 +52,8 @@ def register(sub) -> None:
                    help="prompt rendering: auto (an expert with an adapter in its chat format, a bare base plain), "
                         "plain or chat (default: [eval] prompt_style)")
     m.add_argument("--k", type=int, metavar="N", help="passages retrieved per question (default: [eval] k)")
-    m.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    m.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out (rows edited since they were scored are scored again)")
     m.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out and start over")
     m.add_argument("--compare", action="append", default=[], metavar="DIR",
                    help="earlier run folder to draw beside this one in the plot (repeatable)")

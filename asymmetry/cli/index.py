@@ -27,7 +27,7 @@ def register(sub) -> None:
         "build", help="build (or resume) an index",
         description="Stream a corpus, chunk it into ~100-200-word passages, embed them in resumable shards and write "
         "a FAISS index, a passage store, a BM25 index and a manifest. Rerunning an interrupted build continues from "
-        "the last finished shard.",
+        "the last finished shard; a shard that fails its checksum is embedded again.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     b.add_argument("--corpus", default=None,

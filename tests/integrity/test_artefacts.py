@@ -212,3 +212,18 @@ def test_a_read_only_home_is_announced_before_any_work(monkeypatch, capsys):
     monkeypatch.setattr(defaults, "home_is_writable", lambda: False)
     code, out, err = run_cli(["expert", "list"], capsys)
     assert code == 0 and err.startswith("warning: ASYMMETRY_HOME") and "read-only" in err and "science" in out
+
+
+def test_eval_qa_resume_names_the_changed_questions(tmp_path):
+    from asymmetry.datasets import QAItem
+    from asymmetry.eval.qa import PREDICTIONS, RUN_FILE, open_out
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / RUN_FILE).write_text(json.dumps({"input_sha256": "old"}))
+    logged = [{"id": "q1", "question": "Who wrote Hamlet?", "answers": ["Shakespeare"]},
+              {"id": "q2", "question": "Capital of France?", "answers": ["Paris"]}]
+    (out / PREDICTIONS).write_text("".join(json.dumps(r) + "\n" for r in logged))
+    items = [QAItem("q1", "Who wrote Hamlet?", ("Shakespeare",), "f"), QAItem("q2", "Capital of France?", ("Lyon",), "f")]
+    with pytest.raises(AsymmetryError, match="the input changed since that run began .*; changed questions: q2: "):
+        open_out(out, {"input_sha256": "new"}, resume=True, overwrite=False, items=items)

@@ -103,3 +103,43 @@ def test_json_output_is_strict(mc_csv, tmp_path):
                           {"score": 0.0}, n_scored=0)
     assert report["map@3"] is None and report["timings"]["questions_per_s"] is None
     json.dumps(report, allow_nan=False)
+
+
+def test_unknown_experts_and_missing_adapters_fail_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    from asymmetry.embedder import Embedder
+    from asymmetry.experts import registry
+
+    monkeypatch.setattr(registry, "resolve_model", lambda *a, **k: pytest.fail("a base model was resolved"))
+    monkeypatch.setattr(Embedder, "encode", lambda *a, **k: pytest.fail("the embedder ran"))
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'[experts]\ndefault = "general"\n[[experts.experts]]\nname = "general"\n'
+                    f'[[experts.experts]]\nname = "law"\nadapter = "{tmp_path / "gone"}"\n')
+    code, _, err = run_cli(["--config", str(toml), "ask", "--expert", "law", "--json", "Is this legal?"], capsys)
+    assert code == 2 and "adapter of expert 'law' not found" in err
+    code, _, err = run_cli(["--config", str(toml), "ask", "--expert", "nobody", "Is this legal?"], capsys)
+    assert code == 2 and "unknown expert 'nobody'" in err
+
+
+def test_ask_json_interrupted_keeps_the_partial_answer(monkeypatch, capsys):
+    from asymmetry import commands
+    from asymmetry.engine import Answer
+
+    class Stream:
+        answer = None
+
+        def __iter__(self):
+            yield "The answer"
+            self.answer = Answer(text="The answer", expert="general", confidence=0.9, interrupted=True)
+            raise KeyboardInterrupt
+
+    class Bot:
+        experts = None
+
+        def stream(self, question, **kwargs):
+            return Stream()
+
+    monkeypatch.setattr(commands.Assistant, "load", classmethod(lambda cls, cfg=None, **kw: Bot()))
+    code, out, _ = run_cli(["ask", "--json", "What?"], capsys)
+    assert code == 130
+    data = json.loads(out)
+    assert data["answer"] == "The answer" and data["interrupted"] is True
