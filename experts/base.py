@@ -102,6 +102,9 @@ def convert_gguf(gguf: Path, name: str | None = None, dtype: str = "float32") ->
     target = models_dir() / f"{name or gguf.stem}-{key}"
     if _is_hf_folder(target):
         return target
+    for same in sorted(models_dir().glob(f"*-{key}")):  # the same content converted under another name
+        if _is_hf_folder(same):
+            return same
     defaults.ensure_offline()
     import torch  # heavy third-party libraries load only when a model is converted or loaded
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -126,6 +129,15 @@ def convert_gguf(gguf: Path, name: str | None = None, dtype: str = "float32") ->
     return target
 
 
+LARGE_GGUF_BYTES = 600_000_000  # a 4-bit GGUF this large holds about 1B parameters or more
+
+
+def user_gguf_dtype(gguf: Path) -> str:
+    """The dtype a user's GGUF is converted to: bfloat16 from about 1B parameters up (a 7B Q4_K_M of 4.7 GB becomes
+    15 GB, where float32 would need 28 GB), float32 below (small models decode faster in float32 on CPU)."""
+    return "bfloat16" if gguf.stat().st_size >= LARGE_GGUF_BYTES else "float32"
+
+
 def resolve_model(spec: str | os.PathLike | None = None) -> tuple[str, Path]:
     """Turn a model name or path into ``(display name, local HF folder)``, converting GGUF once if needed."""
     spec = str(spec) if spec else DEFAULT_BASE
@@ -139,7 +151,7 @@ def resolve_model(spec: str | os.PathLike | None = None) -> tuple[str, Path]:
         return defaults.XL_MODEL_NAME, convert_gguf(joined, "qwen2.5-coder-1.5b-instruct", dtype="bfloat16")
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
-        return path.stem, convert_gguf(path)
+        return path.stem, convert_gguf(path, dtype=user_gguf_dtype(path))
     if _is_hf_folder(path):
         return path.name, path
     if path.exists():

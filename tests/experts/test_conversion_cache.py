@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 
 from asymmetry import defaults
-from asymmetry.experts.base import _content_key, convert_gguf, models_dir, resolve_model
+from asymmetry.experts.base import _content_key, convert_gguf, models_dir, resolve_model, user_gguf_dtype
 
 
 def test_a_copied_gguf_reuses_the_converted_folder(tmp_path):
@@ -27,3 +27,15 @@ def test_a_different_gguf_gets_its_own_folder(tmp_path):
     changed.write_bytes(bytes(data))
     assert _content_key(changed) != _content_key(defaults.smollm_gguf_path())
     assert folder.name.endswith(_content_key(defaults.smollm_gguf_path()))
+
+
+def test_a_large_user_gguf_is_kept_in_bfloat16_and_found_by_content():
+    """A user's own large GGUF (here the joined 1.5B file of the home, as a user would point at it) converts to
+    bfloat16, never float32 (a 7B would need 28 GB), and content already converted under another name is reused."""
+    _, builtin = resolve_model("qwen2.5-coder-1.5b")
+    joined = models_dir() / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+    assert user_gguf_dtype(joined) == "bfloat16" and user_gguf_dtype(defaults.smollm_gguf_path()) == "float32"
+    before = sorted(p.name for p in models_dir().iterdir())
+    name, folder = resolve_model(str(joined))
+    assert folder == builtin and name == joined.stem
+    assert sorted(p.name for p in models_dir().iterdir()) == before
