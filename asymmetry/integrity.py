@@ -63,6 +63,16 @@ def read_checksum(path: str | os.PathLike) -> str | None:
     return text[0].lower() if text else ""
 
 
+def cache_is_intact(path: str | os.PathLike) -> bool:
+    """For a cache (rebuilt when damaged, never an error): False when ``path`` no longer matches the checksum written
+    with it, with a warning; True when it matches or has none (a cache written before checksums)."""
+    expected = read_checksum(path)
+    if expected is None or sha256_file(path) == expected:
+        return True
+    log.warning("cache file %s is damaged (it does not match its checksum): it will be rebuilt", path)
+    return False
+
+
 def verify_checksum(path: str | os.PathLike, rebuild: str, *, required: bool = False, what: str = "file") -> None:
     """Check ``path`` against its sidecar checksum. A mismatch (or, when ``required``, a missing sidecar) raises an
     :class:`AsymmetryError` naming the file and ``rebuild``, the command that writes a good one. A missing sidecar

@@ -39,6 +39,7 @@ from asymmetry.atomic import atomic_path, atomic_write_json
 from asymmetry.datasets import MC_DATASETS, OPEN_DATASETS, available_splits, load_mc, load_open
 from asymmetry.embedder import Embedder, embedding_model_name
 from asymmetry.errors import AsymmetryError
+from asymmetry.integrity import cache_is_intact, write_checksum
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def source_parts(source: str) -> dict[str, list[tuple[str, str]]]:
     """:func:`_split_source`, cached in ``<home>/router/questions/<source>.json`` (reading the big train sets is slow)."""
     key = {"version": SELECTION_VERSION, "olmo": _olmo_version(), "source": source}
     path = defaults.home() / "router" / "questions" / f"{source}.json"
-    if path.is_file():
+    if path.is_file() and cache_is_intact(path):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             if data.get("key") == key:
@@ -159,6 +160,7 @@ def source_parts(source: str) -> dict[str, list[tuple[str, str]]]:
             log.warning("ignoring unreadable question cache %s; it will be rebuilt", path)
     parts = _split_source(source)
     atomic_write_json(path, {"key": key, "parts": parts}, indent=None)
+    write_checksum(path)
     return parts
 
 
@@ -225,6 +227,7 @@ def merge(*parts: dict[str, list[Example]]) -> dict[str, list[Example]]:
 def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, **arrays)
+    write_checksum(path)  # a flipped bit in a cached vector would otherwise train the router on it silently
 
 
 class EmbeddingCache:
@@ -261,7 +264,7 @@ class EmbeddingCache:
 
     def _read(self, source: str) -> tuple[np.ndarray, np.ndarray]:
         f = self._file(source)
-        if f.is_file():
+        if f.is_file() and cache_is_intact(f):
             try:
                 with np.load(f) as z:
                     return z["keys"], z["vectors"]

@@ -227,3 +227,18 @@ def test_eval_qa_resume_names_the_changed_questions(tmp_path):
     items = [QAItem("q1", "Who wrote Hamlet?", ("Shakespeare",), "f"), QAItem("q2", "Capital of France?", ("Lyon",), "f")]
     with pytest.raises(AsymmetryError, match="the input changed since that run began .*; changed questions: q2: "):
         open_out(out, {"input_sha256": "new"}, resume=True, overwrite=False, items=items)
+
+
+def test_a_damaged_embedding_cache_is_rebuilt_not_used(tmp_path, embedder, caplog):
+    from asymmetry.router.data import EmbeddingCache, Example
+
+    examples = [Example("1", "What is a cell?", "science", "t"), Example("2", "Who wrote Hamlet?", "scholar", "t")]
+    cache = EmbeddingCache(root=tmp_path, embedder=embedder)
+    first = cache.vectors(examples, progress=False)  # (N, D)
+    files = list(tmp_path.glob("*.npz"))
+    assert files and all(checksum_path(f).is_file() for f in files)
+    flip_byte(files[0], offset=len(files[0].read_bytes()) - 30)  # inside a stored vector (npz is uncompressed)
+    with caplog.at_level(logging.WARNING):
+        again = EmbeddingCache(root=tmp_path, embedder=embedder).vectors(examples, progress=False)
+    assert "is damaged (it does not match its checksum): it will be rebuilt" in caplog.text
+    assert (again == first).all()
