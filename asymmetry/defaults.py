@@ -7,6 +7,7 @@ Package folders are found with ``importlib.util.find_spec`` without importing th
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from pathlib import Path
@@ -34,6 +35,20 @@ def ensure_offline() -> None:
     sentence-transformers (they read the variables when they are first imported)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """No transformers "Loading weights" bar while a local model folder loads (in a second or two); restored after."""
+    from transformers.utils import logging as hf_logging  # heavy: only when a model is loaded
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def home() -> Path:

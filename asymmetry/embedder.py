@@ -57,7 +57,8 @@ class Embedder:
                 defaults.ensure_offline()
                 from sentence_transformers import SentenceTransformer  # heavy: only when something is embedded
 
-                self._model = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
+                with defaults.quiet_loading():
+                    self._model = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
             return self._model
 
     @property

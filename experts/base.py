@@ -14,7 +14,6 @@ Names understood by :func:`resolve_model`:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -201,7 +200,7 @@ def load_model(spec: str | os.PathLike | None = None, placement: Placement | Non
         kwargs["quantization_config"] = _quantization_config(placement.quantization,
                                                              cpu_offload=placement.device_map is not None)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    with _quiet_loading():
+    with defaults.quiet_loading():
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     model.eval()
     mode = _cpu_quantize_mode(model, placement)
@@ -226,20 +225,6 @@ def _cpu_quantize_mode(model, placement: Placement) -> str:
     if mode == "auto":
         return "int8" if sum(p.numel() for p in model.parameters()) >= AUTO_INT8_PARAMETERS else "none"
     return mode
-
-
-@contextlib.contextmanager
-def _quiet_loading():
-    """No transformers "Loading weights" bar for a local folder that loads in a second (restored afterwards)."""
-    from transformers.utils import logging as hf_logging
-
-    was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_on:
-            hf_logging.enable_progress_bar()
 
 
 def _quantization_config(kind: str, cpu_offload: bool = False):
