@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,10 @@ from asymmetry.errors import AsymmetryError
 from asymmetry.experts.quantize import QUANTIZE_MODES, quantize_model
 
 log = logging.getLogger(__name__)
+
+# peft (0.21) reads the deprecated ``is_gradient_checkpointing`` of a transformers 5 model whenever it wraps one: a
+# FutureWarning the user can do nothing about. Only that message is silenced.
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 DEFAULT_BASE = "smollm2"
 LARGE_BASE = "qwen2.5-coder-0.5b"
