@@ -120,9 +120,10 @@ def _print_sources(answer, out=sys.stdout) -> None:
 
 
 def _check_expert(bot: Assistant, name: str | None) -> None:
-    """An unknown expert or a missing or damaged adapter is reported before any model loads."""
-    if name not in (None, AUTO, BARE):
-        bot.experts.validate(name)
+    """An unknown expert or a missing or damaged adapter is reported before any model loads (auto: every expert's,
+    as the router may pick any)."""
+    if name != BARE:
+        bot.experts.validate(None if name in (None, AUTO) else name)
 
 
 def cmd_ask(args) -> int:

@@ -355,8 +355,8 @@ def run_qa(
     expert = expert or cfg.expert
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise AsymmetryError(f"invalid --limit {limit}: use a positive integer")
-    if expert not in (AUTO, BARE):
-        engine.experts.get(expert)  # an unknown name fails before anything is written
+    if expert != BARE:  # an unknown name or a bad adapter fails before anything loads (auto: every expert's)
+        engine.experts.validate(None if expert == AUTO else expert)
     overrides = {**cfg.qa_sampler, **dict(sampler or {})}
     sampler_with(engine.config.sampler, overrides)  # invalid fields fail now, not at the first question
     qa = open_input(source, part)

@@ -262,8 +262,8 @@ def run_mc(
     batch_size = cfg.batch_size if batch_size is None else positive_int("batch_size", batch_size)
     if limit is not None and limit < 1:
         raise AsymmetryError(f"invalid --limit {limit}: use a positive integer")
-    if expert not in (AUTO, BARE):
-        engine.experts.get(expert)  # an unknown name fails before anything is written
+    if expert != BARE:  # an unknown name or a bad adapter fails before anything loads (auto: every expert's)
+        engine.experts.validate(None if expert == AUTO else expert)
     path = Path(path)
     rows = read_mc_csv(path)[:limit]
     out.mkdir(parents=True, exist_ok=True)

@@ -178,11 +178,12 @@ class ExpertRegistry:
         """The pooled base of expert ``name`` (loaded on first use, shared with every expert on it)."""
         return self.pool.base(self.get(name).base, self.placement)
 
-    def validate(self, name: str) -> None:
-        """Fail now, before any model loads, when ``name`` is not an expert or its adapter is missing or damaged."""
-        expert = self.get(name)
-        if expert.adapter:
-            check_adapter_files(name, expert.adapter)
+    def validate(self, name: str | None = None) -> None:
+        """Fail now, before any model loads, when ``name`` is not an expert or its adapter is missing or damaged
+        (``None``: every expert, as the router may pick any)."""
+        for expert in [self.get(name)] if name is not None else list(self._experts.values()):
+            if expert.adapter:
+                check_adapter_files(expert.name, expert.adapter)
 
     def model(self, name: str) -> ExpertModel:
         """Expert ``name`` as an :class:`ExpertModel`: its adapter attached (once) to the shared base."""
