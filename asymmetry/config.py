@@ -35,6 +35,7 @@ from asymmetry.integrity import finite_number, positive_int, read_utf8
 from asymmetry.retrieval.config import RetrievalConfig
 from asymmetry.router.config import RouterConfig
 from asymmetry.sampling.config import SamplerConfig
+from asymmetry.sampling.controls import ControlsConfig
 
 
 @dataclass
@@ -111,18 +112,23 @@ class EvalConfig:
         self._check_qa_sampler()
 
     def _check_qa_sampler(self) -> None:
-        names = SamplerConfig.field_names()
-        if not isinstance(self.qa_sampler, dict):
-            raise ConfigError("eval.qa_sampler", self.qa_sampler, "use a table of sampler fields, e.g. "
-                              "{ temperature = 0.0, max_tokens = 64 }")
-        unknown = sorted(set(self.qa_sampler) - set(names))
-        if unknown:
-            raise ConfigError(f"eval.qa_sampler.{unknown[0]}", self.qa_sampler[unknown[0]],
-                              f"unknown sampler field; valid fields: {', '.join(names)}")
-        try:
-            SamplerConfig(**self.qa_sampler)
-        except ConfigError as exc:
-            raise ConfigError(f"eval.qa_sampler.{exc.field.removeprefix('sampler.')}", exc.value, exc.fix) from None
+        check_sampler_table("eval.qa_sampler", self.qa_sampler)
+
+
+def check_sampler_table(where: str, table: object) -> None:
+    """A table of sampler fields set over ``[sampler]`` (``[eval] qa_sampler``, an expert's ``sampler``): known
+    fields only, each valid as :class:`SamplerConfig` validates it (finite numbers, ranges)."""
+    names = SamplerConfig.field_names()
+    if not isinstance(table, dict):
+        raise ConfigError(where, table, "use a table of sampler fields, e.g. { temperature = 0.0, max_tokens = 64 }")
+    unknown = sorted(set(table) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}", table[unknown[0]],
+                          f"unknown sampler field; valid fields: {', '.join(names)}")
+    try:
+        SamplerConfig(**table)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.{exc.field.removeprefix('sampler.')}", exc.value, exc.fix) from None
 
 
 @dataclass
@@ -131,9 +137,15 @@ class Config:
     index: IndexConfig = field(default_factory=IndexConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    controls: ControlsConfig = field(default_factory=ControlsConfig)
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        if isinstance(self.experts, ExpertsConfig):  # each expert's sampler table, validated like [sampler]
+            for spec in self.experts.specs():
+                check_sampler_table(f"experts.experts[{spec.name!r}].sampler", spec.sampler)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> Config:

@@ -146,3 +146,11 @@ def test_ask_json_interrupted_keeps_the_partial_answer(monkeypatch, capsys):
     assert code == 130
     data = json.loads(out)
     assert data["answer"] == "The answer" and data["interrupted"] is True
+
+
+@pytest.mark.parametrize("table", ["{ temperature = nan }", "{ top_p = inf }", "{ temprature = 0.5 }"])
+def test_an_experts_sampler_table_is_validated_like_sampler(table, tmp_path, capsys):
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'[experts]\ndefault = "x"\n[[experts.experts]]\nname = "x"\nsampler = {table}\n')
+    code, _, err = run_cli(["--config", str(toml), "expert", "list"], capsys)
+    assert code == 2 and "invalid experts.experts['x'].sampler." in err
