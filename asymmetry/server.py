@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -117,7 +118,7 @@ def _from_validation(exc: ValidationError) -> APIError:
     return APIError(400, f"invalid {param}: {err.get('msg')}", param=param, code="invalid_value")
 
 
-def _from_engine(exc: AsymmetryError) -> APIError:
+def _from_engine(exc: AsymmetryError, request: Request | None = None) -> APIError:
     if isinstance(exc, QueueFull):
         return APIError(429, str(exc), "rate_limit_error", code="queue_full")
     if isinstance(exc, ConfigError):
@@ -126,7 +127,8 @@ def _from_engine(exc: AsymmetryError) -> APIError:
     text = str(exc)
     param = None
     if "grammar" in text.lower() or "schema" in text.lower():
-        param = "grammar"
+        sampler = request.sampler if request is not None and isinstance(request.sampler, dict) else {}
+        param = "response_format" if "json_schema" in sampler else "grammar"
     elif "max_tokens" in text:
         param = "max_tokens"
     return APIError(400, text, param=param)
@@ -241,8 +243,6 @@ def _sampler_overrides(body: SamplingBody, cap: int) -> dict[str, Any]:
         "repeat_penalty": body.repeat_penalty,
     }
     out = {k: v for k, v in fields.items() if v is not None}
-    if "max_tokens" not in out:
-        out["max_tokens"] = min(cap, 256)
     if body.temperature is not None and body.temperature > 0:
         out["greedy"] = False  # an expert that decodes greedily by default samples when asked for a temperature
     return out
@@ -411,6 +411,9 @@ class _Server:
     # -- one decoded request -----------------------------------------------------------------------------------------
     async def start(self, request: Request) -> AnswerStream:
         """Plan (in a worker thread: embedding, routing, retrieval) and join the batch; errors become APIErrors."""
+        if isinstance(request.sampler, dict) and "max_tokens" not in request.sampler:  # the config's, within the cap
+            cap = min(self.settings.max_tokens_cap, self.engine.config.sampler.max_tokens)
+            request = dataclasses.replace(request, sampler={**request.sampler, "max_tokens": cap})
         try:
             plan: Plan = await anyio.to_thread.run_sync(self.engine.plan, request)
             if plan.notice and "longer than the context" in plan.notice:
@@ -420,7 +423,7 @@ class _Server:
         except QueueFull as exc:
             raise APIError(429, str(exc), "rate_limit_error", code="queue_full", headers=self._retry()) from exc
         except AsymmetryError as exc:
-            raise _from_engine(exc) from exc
+            raise _from_engine(exc, request) from exc
 
     async def run_to_end(self, stream: AnswerStream, http: HTTPRequest) -> Answer:
         """Decode to the end; a client that disconnects meanwhile cancels its rows."""
@@ -433,10 +436,15 @@ class _Server:
                         return
 
             tg.start_soon(watch)
+            error = None
             try:
                 await anyio.to_thread.run_sync(stream.text, abandon_on_cancel=True)
+            except AsymmetryError as exc:  # decoding failed (e.g. the stages filtered out every token)
+                error = exc
             finally:
                 tg.cancel_scope.cancel()
+        if error is not None:
+            raise _from_engine(error, stream.plan.request)
         if stream.answer is None or stream.answer.interrupted:
             raise APIError(499, "the client closed the request", code="client_closed_request")
         return stream.answer
@@ -624,7 +632,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
                     async for delta in srv.deltas(stream, t0):
                         yield chunk(delta)
                 except AsymmetryError as exc:
-                    err = _from_engine(exc)
+                    err = _from_engine(exc, request)
                     yield _sse({"error": {"message": err.message, "type": err.type, "param": err.param,
                                           "code": err.code}})
                     return
