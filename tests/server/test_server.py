@@ -162,6 +162,9 @@ def test_errors_are_openai_error_objects(client, url):
         assert exc.value.body["type"] == "invalid_request_error" and exc.value.body["message"]
     r = httpx.post(url + "/v1/chat/completions", json={"model": "general", "messages": [{"role": "robot"}]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages.0.role"
+    with pytest.warns(UserWarning), pytest.raises(openai.BadRequestError) as exc:
+        ask(client, "word " * 3000)
+    assert exc.value.body["code"] == "context_length_exceeded" and exc.value.body["param"] == "messages"
 
 
 def test_two_concurrent_requests_share_decode_steps_and_keep_their_answers(client):
@@ -183,6 +186,28 @@ def test_two_concurrent_requests_share_decode_steps_and_keep_their_answers(clien
     assert [results[i].choices[0].message.content for i in range(2)] == sequential
     stats = [results[i].model_extra["asymmetry"]["stats"] for i in range(2)]
     assert all(s["shared_steps"] > 0 and s["max_batch_rows"] == 2 for s in stats), stats
+
+
+@pytest.mark.slow
+def test_eight_streaming_clients_on_mixed_experts_and_two_bases_get_their_sequential_answers(client):
+    """Rows of three experts of SmolLM2 share one batch while scholar (Qwen2.5-Coder-0.5B) runs in its own."""
+    experts = ["science", "commonsense", "general", "scholar"] * 2
+    questions = [f"Tell me one fact about the number {i}." for i in range(len(experts))]
+    sequential = [ask(client, q, model=m, max_tokens=16).choices[0].message.content for q, m in zip(questions, experts)]
+    results: dict[int, str] = {}
+    barrier = threading.Barrier(len(experts))
+
+    def run(i: int) -> None:
+        barrier.wait()
+        chunks = ask(client, questions[i], model=experts[i], max_tokens=16, stream=True)
+        results[i] = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(experts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    assert [results[i] for i in range(len(experts))] == sequential
 
 
 def test_a_client_that_disconnects_frees_its_rows(client, url):
