@@ -147,7 +147,7 @@ def finite_number(field: str, value: object, fix: str, *, minimum: float | None 
                   maximum: float | None = None, above: float | None = None) -> float:
     """``value`` as a float when it is a finite real number (not a bool) within the bounds, else a ConfigError."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(field, value, f"use a finite number: {fix}")
+        raise ConfigError(field, value, f"not a finite number; {fix}")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum) or (
             above is not None and value <= above):
         raise ConfigError(field, value, fix)

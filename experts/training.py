@@ -27,7 +27,7 @@ from asymmetry.experts.config import SMALL_EXPERTS, adapters_package_dir
 from asymmetry.experts.data import DEFAULT_RECIPES, ChatExample, default_examples
 from asymmetry.experts.prompts import with_system
 from asymmetry.experts.tokens import answer_loss, encode_example, left_pad
-from asymmetry.integrity import write_folder_checksums
+from asymmetry.integrity import finite_number, positive_int, write_folder_checksums
 
 CARD_FILE = "asymmetry_card.json"
 CHECKPOINT_DIR = ".checkpoint"
@@ -57,16 +57,16 @@ class AdapterTrainSettings:
 
     def __post_init__(self):
         for name in ("rank", "alpha", "epochs", "batch_size", "max_length", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, getattr(self, name), "must be a positive integer")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError("max_steps", self.max_steps, "must be a positive integer (or omitted)")
-        if not 0 < self.lr < 1:
+            positive_int(name, getattr(self, name), "must be a positive integer")
+        if self.max_steps is not None:
+            positive_int("max_steps", self.max_steps, "must be a positive integer (or omitted)")
+        finite_number("lr", self.lr, "use a learning rate in (0, 1), e.g. 3e-4", above=0.0, maximum=1.0)
+        if self.lr == 1.0:
             raise ConfigError("lr", self.lr, "use a learning rate in (0, 1), e.g. 3e-4")
-        if not 0 <= self.dropout < 1:
+        finite_number("dropout", self.dropout, "use a dropout in [0, 1)", minimum=0.0, maximum=1.0)
+        if self.dropout == 1.0:
             raise ConfigError("dropout", self.dropout, "use a dropout in [0, 1)")
-        if self.eval_size < 0:
-            raise ConfigError("eval_size", self.eval_size, "must be >= 0")
+        positive_int("eval_size", self.eval_size, "must be >= 0", minimum=0)
 
 
 @dataclass

@@ -31,7 +31,7 @@ from asymmetry import defaults
 from asymmetry.atomic import atomic_path
 from asymmetry.embedder import Embedder, embedding_model_name
 from asymmetry.errors import AsymmetryError
-from asymmetry.integrity import verify_checksum, write_checksum
+from asymmetry.integrity import finite_number, positive_int, verify_checksum, write_checksum
 from asymmetry.router.config import DEFAULT_HEAD, HEAD_LR, HEADS
 
 log = logging.getLogger(__name__)
@@ -337,8 +337,14 @@ class RouterTrainSettings:
     def __post_init__(self):
         if self.head not in HEADS:
             raise AsymmetryError(f"router head {self.head!r} is unknown: use one of {', '.join(HEADS)}")
+        for name in ("hidden", "epochs", "batch_size"):
+            positive_int(f"router.{name}", getattr(self, name))
+        positive_int("seed", self.seed, "use a non-negative integer", minimum=0)
         if self.lr is None:
             self.lr = HEAD_LR[self.head]
+        self.lr = finite_number("lr", self.lr, "use a positive learning rate, e.g. 0.003", above=0.0)
+        self.weight_decay = finite_number("weight_decay", self.weight_decay, "use a decay >= 0, e.g. 1e-4",
+                                          minimum=0.0)
 
     @classmethod
     def from_config(cls, cfg) -> RouterTrainSettings:

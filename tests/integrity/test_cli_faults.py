@@ -154,3 +154,21 @@ def test_an_experts_sampler_table_is_validated_like_sampler(table, tmp_path, cap
     toml.write_text(f'[experts]\ndefault = "x"\n[[experts.experts]]\nname = "x"\nsampler = {table}\n')
     code, _, err = run_cli(["--config", str(toml), "expert", "list"], capsys)
     assert code == 2 and "invalid experts.experts['x'].sampler." in err
+
+
+@pytest.mark.parametrize("flag", [["--lr", "nan"], ["--lr", "inf"], ["--dropout", "nan"], ["--rank", "0"]])
+def test_expert_train_flags_reject_non_finite_values(flag, tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+                    + "\n")
+    code, _, err = run_cli(["expert", "train", "x", "--data", str(data), "--out", str(tmp_path / "a"), *flag], capsys)
+    assert code == 2 and f"invalid {flag[0][2:]}=" in err and err.count("\n") == 1
+    assert not (tmp_path / "a").exists()
+
+
+def test_router_train_settings_reject_non_finite_values():
+    from asymmetry.router.model import RouterTrainSettings
+
+    for kwargs in ({"lr": float("nan")}, {"weight_decay": float("inf")}, {"epochs": 0}):
+        with pytest.raises(AsymmetryError, match="invalid "):
+            RouterTrainSettings(**kwargs)
