@@ -265,3 +265,47 @@ def test_serve_help_lists_the_endpoints():
     text = sub.format_help()
     for word in ("/v1/chat/completions", "--api-key", "--max-batch", "cfg_scale", "429"):
         assert word in text, word
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_server_cleanly(tmp_path):
+    """``asymmetry serve`` in a subprocess: SIGTERM while a stream is being decoded shuts the app down (lifespan
+    shutdown: the batches stop) within its shutdown timeout, and the stream ends rather than hanging."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    config = tmp_path / "small.toml"
+    config.write_text('[experts]\nlineup = "small"\n', encoding="utf-8")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "asymmetry", "--config", str(config), "serve", "--port", str(port),
+                             "--no-preload", "--shutdown-timeout", "2"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.2)
+        counting = {"model": "general", "prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 400, "stream": True}
+        with httpx.stream("POST", url + "/v1/completions", json=counting, timeout=120) as response:
+            lines = response.iter_lines()
+            assert next(line for line in lines if line.startswith("data:"))  # decoding has begun
+            proc.send_signal(signal.SIGTERM)
+            t0 = time.monotonic()
+            with contextlib.suppress(httpx.HTTPError):
+                for _ in lines:
+                    pass
+        # uvicorn re-raises the signal once it has shut down, so the exit status is "terminated by SIGTERM"
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+        assert time.monotonic() - t0 < 30
+        assert "Application shutdown complete" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
