@@ -147,6 +147,17 @@ def test_completions_continue_a_raw_prompt_and_embeddings_embed(client):
     assert len(e.data) == 2 and len(e.data[0].embedding) == 384 and e.usage.prompt_tokens > 0
 
 
+def test_langchain_chat_openai_talks_to_the_server(url):
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(base_url=url + "/v1", api_key="unused", model="general", max_tokens=8, temperature=0,
+                     max_retries=0, extra_body=NO_RETRIEVAL)
+    message = llm.invoke([("system", "Answer briefly."), ("human", "Name a planet.")])
+    assert message.content.strip() and message.usage_metadata["output_tokens"] > 0
+    streamed = "".join(chunk.content for chunk in llm.stream("Name a planet."))
+    assert streamed == llm.invoke("Name a planet.").content
+
+
 def test_errors_are_openai_error_objects(client, url):
     r = httpx.post(url + "/v1/chat/completions", content=b'{"model": "general", "messages": [', timeout=30)
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
