@@ -18,6 +18,7 @@ assistant: the letter).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from asymmetry.atomic import atomic_write_text
 from asymmetry.datasets import load_mc
 from asymmetry.errors import AsymmetryError
 from asymmetry.experts.prompts import build_messages
+from asymmetry.integrity import read_utf8
 
 LETTERS = "ABCDEFGHIJ"
 STYLES = ("cloze", "lettered")
@@ -97,20 +99,19 @@ def _line_to_messages(obj: object) -> list[dict[str, str]]:
 
 def _read_jsonl(path: Path) -> LoadReport:
     report = LoadReport([])
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                report.examples.append(ChatExample(_line_to_messages(json.loads(line)), source=path.name))
-            except (json.JSONDecodeError, ValueError) as exc:
-                report.bad_lines.append((lineno, str(exc)))
+    for lineno, line in enumerate(read_utf8(path, "training data").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            report.examples.append(ChatExample(_line_to_messages(json.loads(line)), source=path.name))
+        except (json.JSONDecodeError, ValueError) as exc:
+            report.bad_lines.append((lineno, str(exc)))
     return report
 
 
 def _read_mc_csv(path: Path, style: str) -> LoadReport:
     report = LoadReport([])
-    with open(path, encoding="utf-8", newline="") as fh:
+    with io.StringIO(read_utf8(path, "training data"), newline="") as fh:
         reader = csv.DictReader(fh)
         cols = reader.fieldnames or []
         qcol = "prompt" if "prompt" in cols else "question" if "question" in cols else None

@@ -39,7 +39,7 @@ from asymmetry.atomic import atomic_path, atomic_write_json
 from asymmetry.datasets import MC_DATASETS, OPEN_DATASETS, available_splits, load_mc, load_open
 from asymmetry.embedder import Embedder, embedding_model_name
 from asymmetry.errors import AsymmetryError
-from asymmetry.integrity import cache_is_intact, write_checksum
+from asymmetry.integrity import cache_is_intact, read_utf8, write_checksum
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def load_mapping(path: str | os.PathLike | None = None) -> dict[str, list[str]]:
     if not path.is_file():
         raise AsymmetryError(f"router mapping file {path} does not exist: pass an existing TOML file")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_utf8(path, "router mapping file"))
     except tomllib.TOMLDecodeError as exc:
         raise AsymmetryError(f"router mapping file {path} is not valid TOML ({exc}): fix the syntax there")
     table = data.get("experts")
@@ -187,30 +187,29 @@ def read_jsonl(path: str | os.PathLike, caps: dict[str, int | None] | None = Non
     if not path.is_file():
         raise AsymmetryError(f"router data file {path} does not exist: pass a JSONL file of {{question, expert}} lines")
     out: dict[str, list[Example]] = {p: [] for p in PARTS}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise AsymmetryError(f"{where}: not valid JSON ({exc.msg}): write one JSON object per line")
-            if not isinstance(row, dict):
-                raise AsymmetryError(f"{where}: expected a JSON object like {{\"question\": ..., \"expert\": ...}}")
-            question, expert = row.get("question"), row.get("expert")
-            if not isinstance(question, str) or not question.strip():
-                raise AsymmetryError(f"{where}: field 'question' is {question!r}: give a non-empty string")
-            if not isinstance(expert, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", expert):
-                raise AsymmetryError(f"{where}: field 'expert' is {expert!r}: give an expert name such as \"science\"")
-            qid = str(row.get("id", f"{path.name}-{lineno}"))
-            part = row.get("split")
-            if part is None:
-                b = _bucket(f"user:{question.strip()}")
-                part = "train" if b < 0.8 else ("calibration" if b < 0.9 else "heldout")
-            elif part not in PARTS:
-                raise AsymmetryError(f"{where}: field 'split' is {part!r}: use one of {', '.join(PARTS)} or omit it")
-            out[part].append(Example(qid, question.strip(), expert, f"file:{path.name}"))
+    for lineno, line in enumerate(read_utf8(path, "router data file").split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise AsymmetryError(f"{where}: not valid JSON ({exc.msg}): write one JSON object per line")
+        if not isinstance(row, dict):
+            raise AsymmetryError(f"{where}: expected a JSON object like {{\"question\": ..., \"expert\": ...}}")
+        question, expert = row.get("question"), row.get("expert")
+        if not isinstance(question, str) or not question.strip():
+            raise AsymmetryError(f"{where}: field 'question' is {question!r}: give a non-empty string")
+        if not isinstance(expert, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", expert):
+            raise AsymmetryError(f"{where}: field 'expert' is {expert!r}: give an expert name such as \"science\"")
+        qid = str(row.get("id", f"{path.name}-{lineno}"))
+        part = row.get("split")
+        if part is None:
+            b = _bucket(f"user:{question.strip()}")
+            part = "train" if b < 0.8 else ("calibration" if b < 0.9 else "heldout")
+        elif part not in PARTS:
+            raise AsymmetryError(f"{where}: field 'split' is {part!r}: use one of {', '.join(PARTS)} or omit it")
+        out[part].append(Example(qid, question.strip(), expert, f"file:{path.name}"))
     if not any(out.values()):
         raise AsymmetryError(f"router data file {path} holds no questions: add lines like {{\"question\": ..., \"expert\": ...}}")
     return out

@@ -172,3 +172,21 @@ def test_router_train_settings_reject_non_finite_values():
     for kwargs in ({"lr": float("nan")}, {"weight_decay": float("inf")}, {"epochs": 0}):
         with pytest.raises(AsymmetryError, match="invalid "):
             RouterTrainSettings(**kwargs)
+
+
+@pytest.mark.parametrize(("argv", "name", "text"), [
+    (["router", "train", "--data"], "r.jsonl", '{"question": "caf\u00e9?", "expert": "science"}\n'),
+    (["expert", "train", "x", "--data"], "t.jsonl", '{"prompt": "caf\u00e9?", "completion": "yes"}\n'),
+    (["expert", "train", "x", "--data"], "t.csv", "prompt,A,B,answer\ncaf\u00e9?,a,b,A\n"),
+    (["eval", "mc", "--no-retrieval"], "q.csv", "prompt,A,B,answer\ncaf\u00e9?,a,b,A\n"),
+    (["index", "build", "--corpus"], "c.jsonl", '{"title": "Caf\u00e9", "text": "words"}\n'),
+])
+def test_every_reader_names_a_non_utf8_file(argv, name, text, tmp_path, capsys):
+    path = tmp_path / name
+    path.write_bytes(text.encode("latin-1"))
+    extra = {"router": ["--out", str(tmp_path / "r.json")], "expert": ["--out", str(tmp_path / "a")],
+             "eval": ["--out", str(tmp_path / "o")], "index": ["--index-dir", str(tmp_path / "i"), "--no-progress"]}
+    args = [*argv, str(path), *extra[argv[0]]] if argv[0] != "eval" else [*argv[:2], str(path), *argv[2:],
+                                                                          *extra["eval"]]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "is not UTF-8 (invalid byte 0xe9" in err and "iconv" in err, err
