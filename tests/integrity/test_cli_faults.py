@@ -190,3 +190,28 @@ def test_every_reader_names_a_non_utf8_file(argv, name, text, tmp_path, capsys):
                                                                           *extra["eval"]]
     code, _, err = run_cli(args, capsys)
     assert code == 2 and "is not UTF-8 (invalid byte 0xe9" in err and "iconv" in err, err
+
+
+@pytest.mark.parametrize("damage", ["run.json", "middle-line"])
+def test_a_damaged_eval_run_is_refused_on_resume_before_any_model_loads(damage, mc_csv, tmp_path, monkeypatch,
+                                                                        capsys):
+    from asymmetry.config import Config, EvalConfig
+    from asymmetry.eval.runner import _settings
+    from asymmetry.experts import registry
+
+    monkeypatch.setattr(registry, "resolve_model", lambda *a, **k: pytest.fail("a base model was resolved"))
+    out = tmp_path / "out"
+    out.mkdir()
+    rec = json.dumps({"id": "0", "ranked": ["B", "A", "C"]})
+    if damage == "run.json":
+        (out / "predictions.jsonl").write_text(rec + "\n")
+        (out / "run.json").write_text('{"file": ')
+        expected = "run.json is damaged"
+    else:
+        (out / "predictions.jsonl").write_text(rec + "\n\x00\x00 torn\n" + rec + "\n")
+        (out / "run.json").write_text(json.dumps(_settings(EvalConfig(), mc_csv, 2, False, "base",
+                                                           Config().retrieval.mode)))
+        expected = "predictions.jsonl line 2 is not a prediction record: the log is damaged"
+    argv = ["eval", "mc", str(mc_csv), "--no-retrieval", "--expert", "base", "--out", str(out), "--resume"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and expected in err and "--overwrite" in err, err
