@@ -145,25 +145,25 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_a_full_disk_during_a_build_names_the_file_and_keeps_the_shards(tiny_corpus, tmp_path):
+def test_a_full_disk_during_a_build_names_the_file_and_keeps_the_shards(tiny_corpus, tmp_path, monkeypatch, capsys,
+                                                                        caplog):
     """``ulimit -f`` stands in for a full disk: the shards (a few KB each) fit, the FAISS index does not."""
     root = tmp_path / "idx"
-    env = {**os.environ, "ASYMMETRY_HOME": str(tmp_path / "home")}
+    monkeypatch.setenv("ASYMMETRY_HOME", str(tmp_path / "home"))
     argv = ["index", "build", "--corpus", str(tiny_corpus), "--index-dir", str(root), "--index-type", "flat",
             "--shard-size", "2", "--no-progress"]
     proc = subprocess.run([sys.executable, "-c", FULL_DISK.format(limit=6000), *argv], check=False,
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=dict(os.environ), timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cannot write ") and "index.faiss" in last and "MB free" in last, last
     assert "Traceback" not in proc.stderr
     shards = list((root / ".build").glob("shard-*.npy"))
     assert len(shards) >= 3 and read_manifest(root) is None
-    # the same command once space is freed: it resumes from the kept shards
-    proc = subprocess.run([sys.executable, "-m", "asymmetry", *argv], check=False, capture_output=True, text=True,
-                          env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"resumed: {len(shards)} of" in proc.stderr
+    with caplog.at_level(logging.WARNING, logger="asymmetry.index.build"):
+        code, _, err = run_cli(argv, capsys)  # the same command once space is freed: it resumes from the shards
+    assert code == 0, err
+    assert f"resumed: {len(shards)} of" in caplog.text
     assert load_manifest(root, verify=True).passage_count > 0
 
 
