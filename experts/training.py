@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import random
 import shutil
 import time
@@ -27,7 +28,7 @@ from asymmetry.experts.config import SMALL_EXPERTS, adapters_package_dir
 from asymmetry.experts.data import DEFAULT_RECIPES, ChatExample, default_examples
 from asymmetry.experts.prompts import with_system
 from asymmetry.experts.tokens import answer_loss, encode_example, left_pad
-from asymmetry.integrity import finite_number, positive_int, write_folder_checksums
+from asymmetry.integrity import finite_number, positive_int, verify_checksum, write_checksum, write_folder_checksums
 
 CARD_FILE = "asymmetry_card.json"
 CHECKPOINT_DIR = ".checkpoint"
@@ -223,13 +224,19 @@ def _save_checkpoint(run: _Run, ckpt_file: Path) -> None:
     }
     with atomic_path(ckpt_file) as tmp:
         torch.save(state, tmp)
+    write_checksum(ckpt_file)  # state.pt.sha256: a damaged checkpoint is refused by --resume, not trained on
 
 
 def _restore_checkpoint(run: _Run, ckpt_file: Path) -> None:
     """Continue ``run`` from the checkpoint of an interrupted run with the same base, steps and data size."""
     from peft import set_peft_model_state_dict
 
-    state = torch.load(ckpt_file, weights_only=False)
+    fix = f"delete {ckpt_file.parent} and train again without --resume"
+    verify_checksum(ckpt_file, fix, what="training checkpoint")
+    try:
+        state = torch.load(ckpt_file, weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        raise AsymmetryError(f"training checkpoint {ckpt_file} is damaged ({str(exc)[:120]}): {fix}") from None
     if state["base"] != run.base_name or state["total"] != run.total or state["n_examples"] != run.n_examples:
         raise AsymmetryError(
             f"the checkpoint in {ckpt_file.parent} is from a different run (base {state['base']}, {state['total']} "

@@ -242,3 +242,21 @@ def test_a_damaged_embedding_cache_is_rebuilt_not_used(tmp_path, embedder, caplo
         again = EmbeddingCache(root=tmp_path, embedder=embedder).vectors(examples, progress=False)
     assert "is damaged (it does not match its checksum): it will be rebuilt" in caplog.text
     assert (again == first).all()
+
+
+def test_a_damaged_training_checkpoint_is_refused_by_resume(tmp_path):
+    import torch
+
+    from asymmetry.experts.training import _restore_checkpoint
+
+    ckpt = tmp_path / "a.checkpoint" / "state.pt"
+    ckpt.parent.mkdir()
+    torch.save({"step": 3, "base": "b", "total": 9, "n_examples": 4}, ckpt)
+    write_checksum(ckpt)
+    flip_byte(ckpt)
+    with pytest.raises(AsymmetryError, match="training checkpoint .* is damaged.*delete .*a.checkpoint and train again"):
+        _restore_checkpoint(None, ckpt)  # refused before the run is touched
+    checksum_path(ckpt).unlink()
+    ckpt.write_bytes(b"not a checkpoint")  # one from before checksums, cut or overwritten
+    with pytest.raises(AsymmetryError, match="training checkpoint .* is damaged"):
+        _restore_checkpoint(None, ckpt)
