@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="asymmetry",
         description="Local retrieval-augmented mixture-of-experts assistant: Wikipedia retrieval, routed LoRA experts "
         "and a sampler where CFG, mirostat and grammars stack. Runs offline on embedded defaults.",
+        epilog="Exit codes: 0 done, 1 nothing to show (e.g. no index yet) or an unexpected error (one line; its "
+        "traceback is logged in $ASYMMETRY_HOME/logs/), 2 a problem with the input, the config or a damaged file (one line naming the fix), "
+        "130 interrupted.",
     )
     parser.add_argument("--config", metavar="FILE", help="TOML config file (default: $ASYMMETRY_CONFIG or built-ins)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
