@@ -197,6 +197,7 @@ class AnswerStream:
         self.plan = plan
         self._generation = generation
         self._on_finish = on_finish
+        self._cancelled = False
         self.answer: Answer | None = None
 
     def __iter__(self) -> Iterator[str]:
@@ -214,7 +215,8 @@ class AnswerStream:
 
     def cancel(self) -> None:
         """Stop decoding at the next step. With batching on (the server) this is safe from another thread while one
-        iterates: the iteration then ends early."""
+        iterates: the iteration then ends early, and the answer is marked interrupted."""
+        self._cancelled = True
         self._generation.close()
 
     def text(self) -> str:
@@ -239,7 +241,7 @@ class AnswerStream:
             stats=stats,
             timings={k: round(v, 4) for k, v in timings.items()},
             question=plan.question,
-            interrupted=interrupted,
+            interrupted=interrupted or self._cancelled,
         )
         if self._on_finish is not None:
             self._on_finish(self.answer)
