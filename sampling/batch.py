@@ -213,13 +213,22 @@ class DecodeBatch:
 
     def _decode(self) -> None:
         n = self.n_rows
-        ids = torch.tensor([[s.token] for s in self.slots for _ in range(s.n_rows)], device=self.gen.device)  # (N, 1)
-        self.mask = torch.cat([self.mask, self.mask.new_ones(n, 1)], dim=1)  # (N, W+1)
-        self.pos = self.pos + 1  # (N, 1)
-        small = wants_small_batch(n, self.gen.device, self.gen._dtype())  # see sampling/kernels.py
+        ids = torch.tensor([[s.token] for s in self.slots for _ in range(s.n_rows)])  # (N, 1)
         kwargs = self._forward_kwargs([kw for s in self.slots for kw in s.rows_kw])
-        with torch.inference_mode(), SmallBatchLinear() if small else contextlib.nullcontext():
-            logits, self.cache = self.gen._forward(ids, self.mask, self.pos, self.cache, kwargs)  # (N, V)
+        pending = self._pending_prefills()
+        if pending:  # a control token switched a CFG negative: those rows restart within this step's forward
+            ids_in, self.mask, step_pos = self.gen._prefill_step(ids, self.mask, self.pos, pending)  # (N, L) ...
+            with torch.inference_mode():
+                logits, self.cache = self.gen._forward(ids_in.to(self.gen.device), self.mask, step_pos, self.cache,
+                                                       kwargs)  # (N, V)
+            self.pos = step_pos[:, -1:]  # (N, 1)
+        else:
+            self.mask = torch.cat([self.mask, self.mask.new_ones(n, 1)], dim=1)  # (N, W+1)
+            self.pos = self.pos + 1  # (N, 1)
+            small = wants_small_batch(n, self.gen.device, self.gen._dtype())  # see sampling/kernels.py
+            with torch.inference_mode(), SmallBatchLinear() if small else contextlib.nullcontext():
+                logits, self.cache = self.gen._forward(ids.to(self.gen.device), self.mask, self.pos, self.cache,
+                                                       kwargs)  # (N, V)
         self.forwards += 1
         start = 0
         shared = len(self.slots) > 1
@@ -229,6 +238,18 @@ class DecodeBatch:
             s.shared_steps += shared
             s.max_batch_rows = max(s.max_batch_rows, n)
             start += s.n_rows
+
+    def _pending_prefills(self) -> dict[int, list[int]]:
+        """Rows (batch indices) that the generator asked to prefill anew (``_Request.prefill``, set when a generated
+        control token changes the CFG negative; sampling/controls.py), emptied as they are taken."""
+        pending, start = {}, 0
+        for s in self.slots:
+            prefill = getattr(s.req, "prefill", None)
+            if prefill:
+                pending.update({start + row: seq for row, seq in prefill.items()})
+                s.req.prefill = {}
+            start += s.n_rows
+        return pending
 
     def _forward_kwargs(self, rows_kw: list[dict[str, Any]]) -> dict[str, Any]:
         """Per-row kwargs as lists over the rows; a row that does not name a key gets ``row_defaults[key]``."""

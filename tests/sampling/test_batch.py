@@ -84,3 +84,35 @@ def test_rows_without_a_per_row_kwarg_get_the_default(gen):
     kwargs = batch._forward_kwargs([{"adapter_names": "science"}, {}, {"adapter_names": "commonsense"}])
     assert kwargs == {"adapter_names": ["science", "__base__", "commonsense"]}
     assert batch._forward_kwargs([{}, {}]) == {}
+
+
+def test_a_row_prefilled_anew_with_its_own_sequence_changes_nothing(gen, prompts):
+    """The generator may ask to prefill a row anew (a control token that switches the CFG negative): the batch
+    restarts that row within the step's forward. Restarting the CFG negative with the very sequence it holds must
+    leave the answer as it is."""
+    if not hasattr(gen, "_prefill_step"):
+        pytest.skip("this generator has no control-token prefill")
+    config = CONFIGS[2]
+    solo = gen.generate(prompts[2], config).text
+    batch = DecodeBatch(gen)
+    other, cfg = new_slot(gen, prompts[0], CONFIGS[0]), new_slot(gen, prompts[2], config)
+    negative_row = cfg.req.negative_row
+    text, restarted = [], []
+
+    def emit(slot, delta):
+        if slot is cfg:
+            text.append(delta)
+            if len(text) == 2:  # after this token is sampled: the negative row's prompt and every token fed to it
+                slot.req.prefill = {negative_row: cfg.rows[negative_row] + slot.req.tokens}
+                restarted.append(len(slot.req.prefill[negative_row]))
+
+    batch.join([other, cfg])
+    for _ in range(20):
+        width = batch.mask.shape[1]
+        batch.step(emit)
+        if len(restarted) == 1:
+            assert batch.mask.shape[1] == width + restarted[0], "the restart ran in this step's forward"
+            restarted.append(None)
+        if cfg not in batch.slots:
+            break
+    assert restarted and "".join(text) == solo
