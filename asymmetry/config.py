@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,7 +197,36 @@ def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         hint = hints.get(key)
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = from_dict(hint, value, f"{where}.{key}")
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, (dict, hint)):
+                raise ConfigError(f"{where}.{key}", value, f"use a table of {hint.__name__} keys")
+            if isinstance(value, dict):
+                value = from_dict(hint, value, f"{where}.{key}")
+        else:
+            _check_scalar(f"{where}.{key}", value, hint)
         kwargs[key] = value
     return cls(**kwargs)
+
+
+SCALARS = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _check_scalar(where: str, value: Any, hint: Any) -> None:
+    """A key whose type is a scalar (``str``, ``int``, ``float``, ``bool``, or one of them or None) gets a value of
+    that type (an integer where a number is expected; never a bool for a number); other types are left to the
+    section's own validation (a list field may also take one string, ...)."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if not all(o in SCALARS or o is type(None) for o in options):
+        return
+    for option in options:
+        if option is type(None) and value is None:
+            return
+        if option is bool and isinstance(value, bool):
+            return
+        if option in (int, float) and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if option is float and isinstance(value, float) or option is str and isinstance(value, str):
+            return
+    wanted = " or ".join(SCALARS[o] for o in options if o in SCALARS) + (" (or leave it unset)" if type(None) in
+                                                                         options else "")
+    raise ConfigError(where, value, f"use {wanted}")

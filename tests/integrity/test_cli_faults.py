@@ -215,3 +215,15 @@ def test_a_damaged_eval_run_is_refused_on_resume_before_any_model_loads(damage, 
     argv = ["eval", "mc", str(mc_csv), "--no-retrieval", "--expert", "base", "--out", str(out), "--resume"]
     code, _, err = run_cli(argv, capsys)
     assert code == 2 and expected in err and "--overwrite" in err, err
+
+
+@pytest.mark.parametrize(("toml", "fix"), [("[eval]\nprompt_template = 5", "use a string"),
+                                           ("[index]\nchunk_target_words = \"many\"", "use an integer"),
+                                           ("[router]\nthreshold = true", "use a number"),
+                                           ("[retrieval]\nrerank = 1", "use true or false"),
+                                           ("index = 3", "use a table of IndexConfig keys")])
+def test_a_wrongly_typed_toml_key_names_its_type(toml, fix, tmp_path, capsys):
+    path = tmp_path / "c.toml"
+    path.write_text(toml + "\n")
+    code, _, err = run_cli(["--config", str(path), "expert", "list"], capsys)
+    assert code == 2 and err.startswith("error: invalid ") and fix in err, err
