@@ -20,7 +20,9 @@ from asymmetry.index.corpus import read_jsonl
 from asymmetry.integrity import read_jsonl_log
 from asymmetry.sampling.config import SamplerConfig
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomized: the same examples on every run (a CI failure reproduces); explored further with 1,500 examples by hand
+FAST = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow])
 
 # values a TOML file or a JSON line can carry (and a few it cannot, as Python callers pass them)
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=True),
