@@ -4,6 +4,7 @@ AsymmetryError, nothing else (no other exception, no half-valid object)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tempfile
 import tomllib
@@ -14,10 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asymmetry.config import Config
+from asymmetry.datasets import read_qa_jsonl
 from asymmetry.errors import AsymmetryError
 from asymmetry.eval.mcfile import read_mc_csv
+from asymmetry.experts.data import load_training_file
 from asymmetry.index.corpus import read_jsonl
 from asymmetry.integrity import read_jsonl_log
+from asymmetry.router.data import read_jsonl as read_router_jsonl
 from asymmetry.sampling.config import SamplerConfig
 
 # derandomized: the same examples on every run (a CI failure reproduces); explored further with 1,500 examples by hand
@@ -59,7 +63,7 @@ def test_csv_reader_gives_rows_or_a_clear_error(text, encoding):
 
 
 @FAST
-@given(lines=st.lists(st.one_of(values.map(lambda v: __import__("json").dumps(v)), st.text(max_size=20),
+@given(lines=st.lists(st.one_of(values.map(json.dumps), st.text(max_size=20),
                                 st.just('{"title": "T", "text": "some words"}')), max_size=6),
        garbage=st.binary(max_size=8))
 def test_jsonl_corpus_reader_gives_articles_or_a_clear_error(lines, garbage):
@@ -87,6 +91,27 @@ def test_log_repair_leaves_a_log_that_reads_back_the_same(data):
     assert repaired == b"" or repaired.endswith(b"\n") or not repaired.strip()
     assert read_jsonl_log(path, lambda r: isinstance(r, dict), lambda n: AsymmetryError("x")) == first
     path.unlink()
+
+
+JSONL_LINES = st.lists(st.one_of(values.map(json.dumps), st.text(max_size=20),
+                                 st.just('{"question": "Who?", "answers": ["x"], "expert": "science"}'),
+                                 st.just('{"messages": [{"role": "user", "content": "q"}, '
+                                         '{"role": "assistant", "content": "a"}]}')), max_size=6)
+
+
+@FAST
+@given(lines=JSONL_LINES, garbage=st.binary(max_size=6))
+def test_the_other_jsonl_readers_give_records_or_a_clear_error(lines, garbage):
+    """QA sets (eval qa), router data (router train --data) and training data (expert train --data)."""
+    path = _write(("\n".join(lines)).encode("utf-8") + garbage, ".jsonl")
+    try:
+        for reader in (read_qa_jsonl, read_router_jsonl, load_training_file):
+            try:
+                reader(path)
+            except AsymmetryError:
+                pass
+    finally:
+        path.unlink()
 
 
 SECTIONS = {f.name: [g.name for g in dataclasses.fields(f.type if not isinstance(f.type, str) else
