@@ -104,25 +104,38 @@ def write_folder_checksums(folder: str | os.PathLike, names: list[str] | None = 
     atomic_write_text(folder / FOLDER_SUMS, "".join(f"{sha256_file(folder / n)}  {n}\n" for n in names))
 
 
+def _folder_sums(folder: Path) -> list[tuple[str, Path]] | None:
+    """The ``(digest, path)`` entries of ``folder/SHA256SUMS`` (None when there is none); a line that is not
+    ``HEX  NAME`` raises ValueError."""
+    sums = folder / FOLDER_SUMS
+    if not sums.is_file():
+        return None
+    entries = []
+    for line in sums.read_text(encoding="utf-8", errors="replace").splitlines():
+        parts = line.split(None, 1)
+        if len(parts) != 2:
+            raise ValueError(f"line {line[:60]!r}")
+        entries.append((parts[0].lower(), folder / parts[1].strip().lstrip("*")))
+    return entries
+
+
 def verify_folder_checksums(folder: str | os.PathLike, rebuild: str, *, what: str = "folder") -> bool:
     """Check every file listed in ``folder/SHA256SUMS``; False when the folder has none (written before checksums).
     A missing or changed file raises an :class:`AsymmetryError` naming it and ``rebuild``."""
     folder = Path(folder)
-    sums = folder / FOLDER_SUMS
-    if not sums.is_file():
+    try:
+        entries = _folder_sums(folder)
+    except ValueError as exc:
+        raise AsymmetryError(f"{what} {folder}: {FOLDER_SUMS} is damaged ({exc}): rebuild it with {rebuild}") from None
+    if entries is None:
         return False
-    for line in sums.read_text(encoding="utf-8", errors="replace").splitlines():
-        parts = line.split(None, 1)
-        if len(parts) != 2:
-            raise AsymmetryError(f"{what} {folder}: {sums.name} is damaged (line {line[:60]!r}): rebuild it with "
-                                 f"{rebuild}")
-        expected, name = parts[0].lower(), parts[1].strip().lstrip("*")
-        path = folder / name
+    for expected, path in entries:
+        name = path.name
         if not path.is_file():
-            raise AsymmetryError(f"{what} {folder} lacks {name} (listed in {sums.name}): rebuild it with {rebuild}")
+            raise AsymmetryError(f"{what} {folder} lacks {name} (listed in {FOLDER_SUMS}): rebuild it with {rebuild}")
         actual = sha256_file(path)
         if actual != expected:
-            raise AsymmetryError(f"{what} file {path} is damaged (sha256 {actual[:12]}..., {sums.name} says "
+            raise AsymmetryError(f"{what} file {path} is damaged (sha256 {actual[:12]}..., {FOLDER_SUMS} says "
                                  f"{expected[:12]}...): rebuild it with {rebuild}")
     return True
 
@@ -140,6 +153,42 @@ def read_utf8(path: str | os.PathLike, what: str = "") -> str:
             f"{what + ' ' if what else ''}{path} is not UTF-8 (invalid byte 0x{raw[exc.start]:02x} on line {line}): "
             f"re-save it as UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}"
         ) from None
+
+
+LARGE_FILE = 64 << 20  # above this, a quick check compares sizes (and a safetensors header), not the full hash
+
+
+def safetensors_complete(path: str | os.PathLike) -> bool:
+    """True when a ``.safetensors`` file is as long as its header says (a cut or padded file is not)."""
+    try:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if not 0 < n < 100 << 20:
+                return False
+            header = json.loads(fh.read(n))
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+    return Path(path).stat().st_size == 8 + n + max(ends, default=0)
+
+
+def folder_quick_check(folder: str | os.PathLike) -> str | None:
+    """A cheap check of a large cached folder with ``SHA256SUMS`` (a converted model: gigabytes): every listed file
+    present, small files hashed, large ``.safetensors`` files complete per their header. Returns the problem, or
+    None (also for a folder without sums). The full check is ``sha256sum -c SHA256SUMS`` in the folder."""
+    try:
+        entries = _folder_sums(Path(folder))
+    except ValueError:
+        return f"{FOLDER_SUMS} is damaged"
+    for expected, path in entries or []:
+        if not path.is_file():
+            return f"{path.name} is missing"
+        if path.stat().st_size <= LARGE_FILE:
+            if sha256_file(path) != expected:
+                return f"{path.name} does not match its checksum"
+        elif path.suffix == ".safetensors" and not safetensors_complete(path):
+            return f"{path.name} is truncated or padded"
+    return None
 
 
 # -- numeric settings -------------------------------------------------------------------------------------------------

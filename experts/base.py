@@ -27,6 +27,7 @@ from asymmetry import defaults
 from asymmetry.atomic import atomic_dir, atomic_path
 from asymmetry.errors import AsymmetryError
 from asymmetry.experts.quantize import QUANTIZE_MODES, quantize_model
+from asymmetry.integrity import folder_quick_check, write_folder_checksums
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +105,10 @@ def convert_gguf(gguf: Path, name: str | None = None, dtype: str = "float32") ->
     if dtype != "float32":
         key += f"-{dtype}"
     target = models_dir() / f"{name or gguf.stem}-{key}"
-    if _is_hf_folder(target):
+    if _is_intact_conversion(target):
         return target
     for same in sorted(models_dir().glob(f"*-{key}")):  # the same content converted under another name
-        if _is_hf_folder(same):
+        if same != target and _is_intact_conversion(same):
             return same
     defaults.ensure_offline()
     import torch  # heavy third-party libraries load only when a model is converted or loaded
@@ -130,7 +131,20 @@ def convert_gguf(gguf: Path, name: str | None = None, dtype: str = "float32") ->
     with atomic_dir(target) as tmp:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        write_folder_checksums(tmp)  # SHA256SUMS: a quick check on every use, `sha256sum -c SHA256SUMS` for all
     return target
+
+
+def _is_intact_conversion(folder: Path) -> bool:
+    """A converted folder that passes the quick check of its SHA256SUMS; a damaged one is converted again (a
+    cache: rebuilt, never used), with a warning naming it."""
+    if not _is_hf_folder(folder):
+        return False
+    problem = folder_quick_check(folder)
+    if problem is not None:
+        log.warning("converted model %s is damaged (%s): converting it again", folder, problem)
+        return False
+    return True
 
 
 LARGE_GGUF_BYTES = 600_000_000  # a 4-bit GGUF this large holds about 1B parameters or more

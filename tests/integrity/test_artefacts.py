@@ -260,3 +260,25 @@ def test_a_damaged_training_checkpoint_is_refused_by_resume(tmp_path):
     ckpt.write_bytes(b"not a checkpoint")  # one from before checksums, cut or overwritten
     with pytest.raises(AsymmetryError, match="training checkpoint .* is damaged"):
         _restore_checkpoint(None, ckpt)
+
+
+def test_a_damaged_converted_model_is_converted_again(tmp_path, monkeypatch, caplog):
+    from asymmetry import integrity
+    from asymmetry.experts.base import _is_intact_conversion
+    from asymmetry.integrity import folder_quick_check, write_folder_checksums
+
+    folder = tmp_path / "smollm2-135m-instruct-0123456789"  # a stand-in: a safetensors file and a config
+    folder.mkdir()
+    shutil.copy(adapters_package_dir() / "science" / "adapter_model.safetensors", folder / "model.safetensors")
+    (folder / "config.json").write_text("{}")
+    write_folder_checksums(folder)
+    assert folder_quick_check(folder) is None and _is_intact_conversion(folder)
+    monkeypatch.setattr(integrity, "LARGE_FILE", 1024)  # the weights count as large: sizes and header only
+    assert folder_quick_check(folder) is None
+    truncate(folder / "model.safetensors", 0.99)
+    assert folder_quick_check(folder) == "model.safetensors is truncated or padded"
+    with caplog.at_level(logging.WARNING):
+        assert not _is_intact_conversion(folder)
+    assert f"converted model {folder} is damaged" in caplog.text and "converting it again" in caplog.text
+    (folder / "config.json").write_text('{"x": 1}')
+    assert folder_quick_check(folder) == "config.json does not match its checksum"
