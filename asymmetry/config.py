@@ -46,11 +46,13 @@ class AssistantConfig:
     context_tokens: int = 2048  # whole prompt + answer budget, in tokens of the expert's tokenizer
     mixture: bool = False  # blend the router's top two experts when they are close
     mixture_margin: float = 0.15  # "close": top-1 minus top-2 probability at most this
+    attribute: bool = True  # a reply that cites no passage gets [n] for the passages that hold what it says
 
     def __post_init__(self):
         positive_int("assistant.context_tokens", self.context_tokens, "use an integer >= 256, e.g. 2048", minimum=256)
-        if not isinstance(self.mixture, bool):
-            raise ConfigError("assistant.mixture", self.mixture, "use true or false")
+        for name in ("mixture", "attribute"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"assistant.{name}", getattr(self, name), "use true or false")
         self.mixture_margin = finite_number("assistant.mixture_margin", self.mixture_margin,
                                             "use a probability gap in [0, 1]", minimum=0.0, maximum=1.0)
 
@@ -225,8 +227,8 @@ def _check_scalar(where: str, value: Any, hint: Any) -> None:
             return
         if option in (int, float) and isinstance(value, int) and not isinstance(value, bool):
             return
-        if option is float and isinstance(value, float) or option is str and isinstance(value, str):
-            return
+        if option is float and isinstance(value, float) or option is str and isinstance(value, (str, os.PathLike)):
+            return  # a path object where a path string is expected is fine from Python
     wanted = " or ".join(SCALARS[o] for o in options if o in SCALARS) + (" (or leave it unset)" if type(None) in
                                                                          options else "")
     raise ConfigError(where, value, f"use {wanted}")
