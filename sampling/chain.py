@@ -84,7 +84,7 @@ def _min_p(c: SamplerConfig, ctx: ChainContext):
 def _mirostat(c: SamplerConfig, ctx: ChainContext):
     if c.mirostat == 0 or c.is_greedy:
         return None
-    return Mirostat(c.mirostat, c.tau, c.eta, c.mirostat_m, vocab_size=ctx.vocab_size)
+    return Mirostat(c.mirostat, c.tau, c.eta, c.mirostat_m, vocab_size=ctx.vocab_size, max_heat=c.mirostat_max_heat)
 
 
 assert set(STAGE_FACTORIES) == set(STAGE_NAMES), "every configurable stage needs a factory"
@@ -97,6 +97,7 @@ class Chain:
 
     def __init__(self, stages: list):
         self.stages = list(stages)
+        self._prefix: list = []  # prepended combiners, kept when the chain is rebuilt
         self._index()
 
     def _index(self) -> None:
@@ -119,7 +120,25 @@ class Chain:
     def prepend(self, stage) -> None:
         """Run ``stage`` first (a request's combiner, e.g. a mixture of adapters)."""
         self.stages.insert(0, stage)
+        self._prefix.insert(0, stage)
         self._index()
+
+    def rebuild(self, config: SamplerConfig, ctx: ChainContext) -> None:
+        """Replace the stages by those of ``config`` from the next token on (a control token changed the request's
+        parameters). Prepended combiners and the grammar (``ctx.grammar_stage``) keep their state; a new mirostat
+        starts at ``mu = 2 * tau``."""
+        self.stages = self._prefix + build_chain(config, ctx).stages
+        self._index()
+
+    @property
+    def mirostat(self) -> Mirostat | None:
+        return self._mirostat
+
+    def observed(self, sampled: float | None) -> float | None:
+        """The surprise of the token just accepted: mirostat's (under its truncated distribution) when it ran,
+        else ``sampled`` (under the final distribution)."""
+        m = self._mirostat
+        return m.surprises[-1] if m is not None and m.surprises else sampled
 
     @property
     def combiners(self) -> list[BranchCombiner]:
@@ -149,16 +168,21 @@ class Chain:
         """A grammar stage reached the end of its language: nothing more may be generated."""
         return self._grammar is not None and self._grammar.terminated
 
-    def stats(self, sampled_surprises: list[float]) -> dict[str, Any]:
-        """What the stages did: their names, mirostat's surprises and final mu, whether a grammar completed."""
-        surprises = self._mirostat.surprises if self._mirostat is not None else sampled_surprises
+    def stats(self, surprises: list[float]) -> dict[str, Any]:
+        """What the stages did: their names, the surprises of the generated tokens (mirostat's where it ran),
+        mirostat's final mu and heat, whether a grammar completed."""
         return {
             "stages": self.names,
             "surprise_bits": surprises,
             "mean_surprise_bits": (sum(surprises) / len(surprises)) if surprises else None,
             "final_mu": self._mirostat.mu if self._mirostat is not None else None,
+            **(self._mirostat_stats() if self._mirostat is not None else {}),
             "grammar_completed": self._grammar.completed if self._grammar is not None else None,
         }
+
+    def _mirostat_stats(self) -> dict[str, Any]:
+        m = self._mirostat
+        return {"final_heat": m.heat, "saturated_steps": m.saturated_steps, "tau_out_of_reach": m.out_of_reach()}
 
 
 def build_chain(config: SamplerConfig, ctx: ChainContext) -> Chain:

@@ -28,8 +28,11 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--cfg-rescale", "cfg_rescale", float, "blend of std-rescaled CFG output in [0, 1] (0: off)"),
     ("--negative-prompt", "negative_prompt", str, "negative prompt for CFG (run in the same batched forward)"),
     ("--mirostat", "mirostat", int, "mirostat version: 1 or 2 (0: off)"),
-    ("--tau", "tau", float, "mirostat target surprise in bits"),
+    ("--tau", "tau", float, "mirostat target surprise in bits (held from above and below)"),
     ("--eta", "eta", float, "mirostat learning rate"),
+    ("--mirostat-max-heat", "mirostat_max_heat", float, ("how far mirostat may raise the temperature (a factor, "
+                                                         "default 4) when truncation alone cannot reach --tau; "
+                                                         "1: off")),
     ("--grammar", "grammar_file", str, "GBNF/EBNF grammar file (root rule: root)"),
     ("--json-schema", "json_schema", str, "JSON schema file the output must follow"),
 ]

@@ -58,6 +58,7 @@ class SamplerConfig:
     tau: float = 5.0
     eta: float = 0.1
     mirostat_m: int = 100
+    mirostat_max_heat: float = 4.0
     grammar: str | None = None
     grammar_file: str | None = None
     json_schema: str | None = None
@@ -98,6 +99,10 @@ class SamplerConfig:
             raise ConfigError(f"{w}.eta", self.eta, "use a positive learning rate, e.g. 0.1")
         if _int(f"{w}.mirostat_m", self.mirostat_m) < 2:
             raise ConfigError(f"{w}.mirostat_m", self.mirostat_m, "use at least 2 tokens, e.g. 100 (llama.cpp)")
+        if _num(f"{w}.mirostat_max_heat", self.mirostat_max_heat) < 1:
+            raise ConfigError(f"{w}.mirostat_max_heat", self.mirostat_max_heat,
+                              "use a factor >= 1, e.g. 4 (how far mirostat may raise the temperature to reach tau); "
+                              "1 turns that off")
         constraints = [n for n in ("grammar", "grammar_file", "json_schema") if getattr(self, n) is not None]
         for name in constraints:
             if not isinstance(getattr(self, name), str):

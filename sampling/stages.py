@@ -208,17 +208,26 @@ class Mixture(BranchCombiner):
 
 
 class Mirostat:
-    """Mirostat v1 and v2 as llama.cpp defines them; surprise in bits; ``mu`` starts at ``2 * tau``.
+    """Mirostat v1 and v2 as llama.cpp defines them, with a target that holds in both directions; surprise in bits.
 
     v2 keeps the tokens whose surprise ``-log2 p`` is at most ``mu``; v1 estimates the Zipf exponent ``s`` over the
     top ``m`` tokens and keeps the top ``k(s, mu)``. The stage truncates the scores; the loop samples from what is
     left and calls :meth:`accept`, which measures the observed surprise under the truncated, renormalised
-    distribution and updates ``mu -= eta * (surprise - tau)``.
+    distribution and updates ``mu -= eta * (surprise - tau)``; ``mu`` starts at ``2 * tau``.
+
+    Truncation can only lower surprise, so a distribution that is already more predictable than ``tau`` (e.g. after
+    temperature 0.7) could never reach the target: plain mirostat then raises ``mu`` without bound. Here, on a step
+    where the truncation removed (almost) nothing (less than ``slack`` of the mass) or ``mu`` sits at its bound
+    ``mu_max``, a too-predictable token raises the stage's own temperature ``heat`` (scores are divided by it before
+    truncating; at most ``max_heat``) instead of ``mu``; a too-surprising token lowers ``heat`` back towards 1 before
+    it lowers ``mu``. ``mu`` stays in ``[0, mu_max]``. A step where the controller wanted to go past a bound counts
+    in ``saturated_steps``; :meth:`out_of_reach` says the target was missed because of it.
     """
 
     name = "mirostat"
 
-    def __init__(self, version: int, tau: float = 5.0, eta: float = 0.1, m: int = 100, vocab_size: int | None = None):
+    def __init__(self, version: int, tau: float = 5.0, eta: float = 0.1, m: int = 100, vocab_size: int | None = None,
+                 max_heat: float = 4.0, slack: float = 0.05):
         if version not in (1, 2):
             raise ConfigError("mirostat", version, "use 1 (mirostat v1) or 2 (mirostat v2)")
         if not (isinstance(tau, (int, float)) and tau > 0):
@@ -227,14 +236,40 @@ class Mirostat:
             raise ConfigError("eta", eta, "use a positive learning rate, e.g. 0.1")
         if not (isinstance(m, int) and m >= 2):
             raise ConfigError("mirostat_m", m, "use at least 2 tokens, e.g. 100")
-        self.version, self.tau, self.eta, self.m = version, float(tau), float(eta), m
+        if not (isinstance(max_heat, (int, float)) and math.isfinite(max_heat) and max_heat >= 1):
+            raise ConfigError("mirostat_max_heat", max_heat, "use a factor >= 1, e.g. 4; 1 turns the adaptive "
+                              "temperature off")
+        if not (isinstance(slack, (int, float)) and 0 <= slack < 1):
+            raise ConfigError("mirostat slack", slack, "use a probability mass in [0, 1), e.g. 0.01")
+        self.version, self.eta, self.m = version, float(eta), m
         self.vocab_size = vocab_size
+        self.max_heat, self.slack = float(max_heat), float(slack)
+        self.tau = float(tau)
         self.reset()
+
+    @property
+    def mu_max(self) -> float:
+        """``mu``'s upper bound: above ``log2 V`` bits (less likely than uniform) truncation hardly matters."""
+        return max(2.0 * self.tau, math.log2(self.vocab_size or 2**16)) + 1.0
 
     def reset(self) -> None:
         self.mu = 2.0 * self.tau
+        self.log_heat = 0.0
         self.surprises: list[float] = []
+        self.saturated_steps = 0
         self._logprobs: torch.Tensor | None = None
+        self._loose = False
+
+    def retarget(self, tau: float) -> None:
+        """A new target from the next token on: ``mu`` restarts at ``2 * tau``; the learned heat is kept."""
+        if not (isinstance(tau, (int, float)) and tau > 0):
+            raise ConfigError("tau", tau, "use a positive target surprise in bits, e.g. 5.0")
+        self.tau = float(tau)
+        self.mu = 2.0 * self.tau
+
+    @property
+    def heat(self) -> float:
+        return math.exp(self.log_heat)
 
     def _keep_count_v1(self, sorted_logprobs: torch.Tensor, n_vocab: int) -> int:
         m = min(self.m, sorted_logprobs.shape[-1])
@@ -260,6 +295,8 @@ class Mirostat:
         return max(int(k), 1)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.log_heat:
+            scores = scores / self.heat  # (1, V)
         logprobs = scores[0].log_softmax(-1)  # (V,)
         if self.version == 2:
             keep = -logprobs / math.log(2) <= self.mu  # (V,)
@@ -271,6 +308,8 @@ class Mirostat:
             k = self._keep_count_v1(sorted_lp, n_vocab)
             k = min(k, int(torch.isfinite(sorted_lp).sum()) or 1)
             keep = logprobs >= sorted_lp[k - 1]  # (V,)
+        kept_mass = float(logprobs.masked_fill(~keep, NEG_INF).exp().sum())
+        self._loose = kept_mass >= 1.0 - self.slack or self.mu >= self.mu_max
         out = scores.masked_fill(~keep[None], NEG_INF)  # (1, V)
         self._logprobs = out[0].log_softmax(-1)  # (V,)
         return out
@@ -282,8 +321,27 @@ class Mirostat:
         if not math.isfinite(surprise):  # a later stage picked a token mirostat had dropped
             surprise = 2.0 * self.mu
         self.surprises.append(surprise)
-        self.mu -= self.eta * (surprise - self.tau)
+        error = surprise - self.tau  # bits; < 0: too predictable
+        saturated = False
+        if error < 0 and self._loose:  # truncation is not what holds surprise down: warm up instead
+            self.log_heat -= self.eta * error / 2
+            if self.log_heat > math.log(self.max_heat):
+                self.log_heat, saturated = math.log(self.max_heat), True
+        elif error > 0 and self.log_heat > 0:  # too surprising while warmed up: cool down first
+            self.log_heat = max(0.0, self.log_heat - self.eta * error / 2)
+        else:
+            self.mu -= self.eta * error
+            if not 0.0 <= self.mu <= self.mu_max:
+                self.mu, saturated = min(max(self.mu, 0.0), self.mu_max), True
+        self.saturated_steps += saturated
         self._logprobs = None
+
+    def out_of_reach(self, surprises: list[float] | None = None) -> bool:
+        """The mean surprise missed ``tau`` by more than 1 bit while the controller sat at a bound."""
+        surprises = self.surprises if surprises is None else surprises
+        if not surprises or not self.saturated_steps:
+            return False
+        return abs(sum(surprises) / len(surprises) - self.tau) > 1.0
 
 
 class Greedy:
