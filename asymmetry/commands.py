@@ -15,6 +15,7 @@ from asymmetry.errors import AsymmetryError
 from asymmetry.experts import ModelPool
 from asymmetry.sampling import Generator
 from asymmetry.sampling.cli import add_generate_arguments, add_sampler_arguments, sampler_config_from_args
+from asymmetry.sampling.controls import add_control_tokens
 
 CHAT_HELP = """commands:
   /expert NAME|auto     answer with that expert, or let the router choose (auto)
@@ -64,12 +65,48 @@ def register(sub) -> None:
         help="generate text with our sampler (CFG, mirostat, grammars, penalties stack)",
         description="Generate a continuation of PROMPT with our decoding loop on the embedded SmolLM2-135M-Instruct "
         "(or --model). CFG runs the prompt and the negative prompt as one batch per step; mirostat, grammar "
-        "constraints and penalties stack with it.",
+        "constraints and penalties stack with it. Control tokens in the prompt (asymmetry controls list) set the "
+        "sampler for the text after them; --json reports each segment in stats.segments.",
         epilog='example: asymmetry generate "Name a planet." --chat --json-schema planet.json --mirostat 2 --tau 4 '
         "--cfg-scale 1.5 --negative-prompt 'Answer rudely.' --json",
     )
     add_generate_arguments(g)
     g.set_defaults(func=cmd_generate)
+
+    k = sub.add_parser(
+        "controls",
+        help="the control tokens that steer the sampler ([controls] in the config)",
+        description="Control tokens: special tokens (one per control, added to each base's tokenizer) that set the "
+        "sampler's parameters for the text after them (mirostat target, temperature, CFG scale and negative "
+        "rubric). Put one in a prompt, e.g. asymmetry generate '<|tau=2|>Once upon a time' --json; the "
+        "segments of the text are in stats.segments. Built-ins: recall, explain, formal, plain, tau=X, neg=NAME.",
+    )
+    ks = k.add_subparsers(dest="controls_command", metavar="ACTION", required=True)
+    kl = ks.add_parser("list", help="list every control, its token and the sampler fields it sets")
+    kl.add_argument("--json", action="store_true", help="print a JSON list of {name, token, sampler, negative, "
+                    "description}")
+    kl.set_defaults(func=cmd_controls_list)
+
+
+def cmd_controls_list(args: argparse.Namespace) -> int:
+    """The control vocabulary of the config, one control a line (or JSON)."""
+    vocab = args.cfg.controls
+    rows = [c.to_dict() for c in vocab.controls]
+    if args.json:
+        print(json.dumps({"enabled": vocab.enabled, "generate": vocab.generate, "rubrics": vocab.all_rubrics,
+                          "controls": rows}, ensure_ascii=False))
+        return 0
+    if not rows:
+        print("controls are disabled ([controls] enabled = false)")
+        return 0
+    width = max(len(r["token"]) for r in rows)
+    for r in rows:
+        sets = ", ".join(f"{k}={v}" for k, v in r["sampler"].items())
+        if r["negative"] is not None:
+            sets += f", negative={r['negative']}"
+        print(f"{r['token']:<{width}}  {sets:<42}  {r['description']}")
+    print("rubrics (CFG negative prompts): " + "; ".join(f"{k}: {v}" for k, v in vocab.all_rubrics.items()))
+    return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -81,7 +118,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.system and not args.chat:
         raise AsymmetryError("--system needs --chat: add --chat or drop --system")
     base = ModelPool().base(args.model)
-    gen = Generator(base.model, base.tokenizer, lock=base.lock)
+    controls = args.cfg.controls if args.cfg.controls.enabled else None
+    if controls is not None:
+        with base.lock:
+            add_control_tokens(base.model, base.tokenizer, controls.tokens)
+    gen = Generator(base.model, base.tokenizer, lock=base.lock, controls=controls)
     negative = config.negative_prompt
     prompt_in, negative_in = prompt, negative
     if args.chat:

@@ -28,6 +28,7 @@ from asymmetry.errors import AsymmetryError
 from asymmetry.forward import forward_params, left_pad, output_cache
 from asymmetry.sampling.chain import Chain, ChainContext, build_chain
 from asymmetry.sampling.config import SamplerConfig
+from asymmetry.sampling.controls import Control, ControlsConfig, ControlTokens
 from asymmetry.sampling.grammar import GrammarMask, compile_grammar, read_constraint
 from asymmetry.sampling.kernels import SmallBatchLinear, wants_small_batch
 from asymmetry.sampling.stages import BranchCombiner
@@ -89,6 +90,17 @@ class _Request:
     text: str = ""
     emitted: int = 0
     finish_reason: str | None = None
+    # control tokens (sampling/controls.py): the current segment's config, what a rebuild of the chain needs,
+    # the CFG negative row and its current text, rows to re-prefill at the next forward, the segments so far
+    config: SamplerConfig | None = None
+    ctx: ChainContext | None = None
+    controls: ControlTokens | None = None
+    branch_rows: dict[str, int] = field(default_factory=dict)
+    negative_row: int | None = None
+    negative: str | list[int] | None = None
+    prefill: dict[int, list[int]] = field(default_factory=dict)
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    surprise_at: list[float | None] = field(default_factory=list)  # per generated token, None when greedy
 
     @property
     def length(self) -> int:
@@ -98,9 +110,11 @@ class _Request:
 class Generator:
     """Our generation loop over any Hugging Face causal LM and its tokenizer."""
 
-    def __init__(self, model, tokenizer, lock: threading.RLock | None = None):
+    def __init__(self, model, tokenizer, lock: threading.RLock | None = None, controls: ControlsConfig | None = None):
         """``lock``: held for each forward (one decode step), never across a yield; pass the pooled base's lock
-        when other requests share the model (peft's per-row adapters use hooks on the shared modules)."""
+        when other requests share the model (peft's per-row adapters use hooks on the shared modules).
+        ``controls``: the control vocabulary whose tokens steer the sampler; the tokenizer must hold its tokens
+        (:func:`~asymmetry.sampling.controls.add_control_tokens`, before this generator is made)."""
         self.model = model
         self.tokenizer = tokenizer
         self.lock = lock if lock is not None else contextlib.nullcontext()
@@ -111,6 +125,13 @@ class Generator:
         self.vocab_size = int(getattr(config, "vocab_size", 0) or len(tokenizer))
         self.eos_ids = self._eos_ids(base, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids or {0})
+        self.controls = ControlTokens(controls, tokenizer) if controls is not None and controls.enabled else None
+        if self.controls is not None and not self.controls:
+            self.controls = None
+        # control tokens that only extend the vocabulary (rows added after it) are left out of the final draw, so
+        # a base that may not emit them draws exactly the tokens it drew before they were added
+        ids = self.controls.ids if self.controls is not None else []
+        self._draw_width = ids[0] if ids and ids == list(range(ids[0], self.vocab_size)) else None
 
     @staticmethod
     def _eos_ids(model, tokenizer) -> set[int]:
@@ -215,12 +236,15 @@ class Generator:
     def _layout(self, prompts: list, config: SamplerConfig, negative, branches: Sequence[Branch],
                 combiner: BranchCombiner | None, row_kwargs: dict | None, seed: int, stops: list[str]):
         """The batch rows of every request (primary, its branches, the CFG negative) and each request's chain."""
-        cfg_active = self._cfg_active(config, negative)
         rows: list[list[int]] = []
         rows_kw: list[dict[str, Any]] = []
         requests: list[_Request] = []
         for i, prompt in enumerate(prompts):
             ids = self.encode(prompt, "prompt" if len(prompts) == 1 else f"prompt {i}")
+            seg_config, seg_negative, first = self._prompt_controls(ids, config, negative)
+            cfg_active = self._cfg_active(seg_config, seg_negative)
+            reserve = self.controls is not None and self.controls.config.uses_negative and (
+                first is not None or self.controls.config.generate)
             row0 = len(rows)
             rows.append(ids)
             rows_kw.append(dict(row_kwargs or {}))
@@ -229,11 +253,12 @@ class Generator:
                 branch_rows[b.name] = len(rows)
                 rows.append(self.encode(b.prompt, f"branch {b.name!r} prompt"))
                 rows_kw.append(dict(b.row_kwargs))
-            chain = build_chain(config, ChainContext(vocab_size=self.vocab_size, cfg_active=cfg_active,
-                                                     grammar_stage=self._grammar_stage(config)))
-            if cfg_active:
+            ctx = ChainContext(vocab_size=self.vocab_size, cfg_active=cfg_active,
+                               grammar_stage=self._grammar_stage(config))
+            chain = build_chain(seg_config, ctx)
+            if cfg_active or reserve:
                 branch_rows["negative"] = len(rows)
-                rows.append(self.encode(negative, "negative prompt") if negative is not None else ids[-1:])
+                rows.append(self.encode(seg_negative, "negative prompt") if seg_negative is not None else ids[-1:])
                 rows_kw.append(dict(row_kwargs or {}))
             if combiner is not None:
                 chain.prepend(combiner if len(prompts) == 1 else copy.copy(combiner))
@@ -241,8 +266,24 @@ class Generator:
             combiners = {c: [branch_rows[n] for n in c.branch_names] for c in chain.combiners}
             buffer = torch.zeros(1, len(ids) + config.max_tokens, dtype=torch.long)  # (1, T_max)
             buffer[0, : len(ids)] = torch.tensor(ids)
-            requests.append(_Request(ids, chain, row0, len(rows) - row0, combiners, stops, buffer, seed))
+            req = _Request(ids, chain, row0, len(rows) - row0, combiners, stops, buffer, seed, config=seg_config,
+                           ctx=ctx, controls=self.controls, branch_rows=branch_rows,
+                           negative_row=branch_rows.get("negative"), negative=seg_negative)
+            req.segments.append({"control": first, "start": 0, "config": seg_config})
+            requests.append(req)
         return rows, rows_kw, requests
+
+    def _prompt_controls(self, ids: list[int], config: SamplerConfig, negative):
+        """The config and CFG negative after the control tokens of the prompt, and the last control's name."""
+        last = None
+        if self.controls is not None:
+            for token in ids:
+                control = self.controls.by_id.get(token)
+                if control is not None:
+                    config, last = control.apply(config), control.name
+                    if control.negative is not None:
+                        negative = self.controls.config.rubric(control.negative)
+        return config, negative, last
 
     @staticmethod
     def _per_row_kwargs(rows_kw: list[dict[str, Any]], forward_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -301,6 +342,15 @@ class Generator:
                         yield index, delta
                 if all(r.finish_reason is not None for r in requests):
                     break
+                pending = {row: seq for req in requests for row, seq in req.prefill.items()}
+                for req in requests:
+                    req.prefill = {}
+                if pending:  # a control switched a CFG negative: re-prefill those rows in this same forward
+                    ids_in, mask, step_pos = self._prefill_step(step_ids, mask, pos, pending)
+                    logits, cache = self._forward(ids_in.to(device), mask, step_pos, cache, forward_kwargs)
+                    pos = step_pos[:, -1:]  # (N, 1)
+                    forwards += 1
+                    continue
                 ids_in = step_ids.to(device)  # (N, 1)
                 if not single:
                     mask = torch.cat([mask, mask.new_ones(n_rows, 1)], dim=1)  # (N, T)
@@ -311,6 +361,29 @@ class Generator:
         elapsed = time.perf_counter() - t0
         return [Generation(req.text, list(req.tokens), self._stats(req, seed, n_rows, forwards, t_prefill, elapsed))
                 for req in requests]
+
+    def _prefill_step(self, step_ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,
+                      pending: dict[int, list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Inputs of one forward where the rows of ``pending`` restart from a new sequence (their old cache columns
+        hidden) and every other row takes its next token, left padded to the longest new sequence (L).
+        Returns ids (N, L), the attention mask over cache + step (N, T + L) and positions (N, L)."""
+        n_rows, width = step_ids.shape[0], max(len(seq) for seq in pending.values())
+        ids = torch.full((n_rows, width), self.pad_id, dtype=torch.long)  # (N, L)
+        ids[:, -1] = step_ids[:, 0]
+        step_mask = mask.new_zeros(n_rows, width)  # (N, L)
+        step_mask[:, -1] = 1
+        step_pos = (pos + 1).expand(n_rows, width).clone()  # (N, L)
+        mask = mask.clone()
+        for row, seq in pending.items():
+            n = len(seq)
+            ids[row] = self.pad_id
+            ids[row, width - n:] = torch.tensor(seq)
+            step_mask[row] = 0
+            step_mask[row, width - n:] = 1
+            mask[row] = 0  # the row's old sequence is no longer attended to
+            step_pos[row] = 0
+            step_pos[row, width - n:] = torch.arange(n, device=step_pos.device)
+        return ids, torch.cat([mask, step_mask], dim=1), step_pos
 
     def _forward(self, input_ids, mask, pos, cache, forward_kwargs):
         kwargs = dict(forward_kwargs)
@@ -328,6 +401,9 @@ class Generator:
 
     def _select(self, req: _Request, logits: torch.Tensor, config: SamplerConfig, rng) -> tuple[int, float | None]:
         scores = logits[req.row0: req.row0 + 1]  # (1, V)
+        config = req.config or config
+        if req.controls is not None and not req.controls.config.generate:  # an untrained base never emits them
+            scores = scores.index_fill(1, torch.tensor(req.controls.ids, device=scores.device), float("-inf"))
         if req.chain:
             input_ids = req.buffer[:, : req.length]  # (1, T)
             if scores.device.type != "cpu":
@@ -336,6 +412,9 @@ class Generator:
             scores = req.chain.apply(input_ids, scores)
         if config.is_greedy:
             return int(scores.argmax(-1)), None
+        if (self._draw_width is not None and not req.controls.config.generate
+                and not bool(torch.isfinite(scores[:, self._draw_width:]).any())):
+            scores = scores[:, : self._draw_width]  # (1, V - C): every control is masked out
         probs = torch.softmax(scores, dim=-1)  # (1, V)
         if not bool(torch.isfinite(scores).any()):
             raise AsymmetryError(f"every token was filtered out at step {len(req.tokens)} by the stages "
@@ -351,11 +430,17 @@ class Generator:
         if token in self.eos_ids:
             req.finish_reason = "eos"
         else:
+            surprise = req.chain.observed(surprise)
             req.buffer[0, req.length] = token
             req.tokens.append(token)
+            req.surprise_at.append(surprise)
             if surprise is not None:
                 req.surprises.append(surprise)
-            req.text = self.tokenizer.decode(req.tokens, skip_special_tokens=True)
+            control = req.controls.by_id.get(token) if req.controls is not None else None
+            if control is not None:
+                self._apply_control(req, control)
+            visible = req.tokens if req.controls is None else [t for t in req.tokens if t not in req.controls]
+            req.text = self.tokenizer.decode(visible, skip_special_tokens=True)
             if req.stop:
                 start = max(0, req.emitted - max(len(s) for s in req.stop))
                 hits = [i for s in req.stop if (i := req.text.find(s, start)) >= 0]
@@ -379,6 +464,35 @@ class Generator:
         req.emitted = max(req.emitted, final)
         return delta
 
+    def _apply_control(self, req: _Request, control: Control) -> None:
+        """A generated control token: a new segment from the next token on, with the control's parameters; a new
+        CFG negative re-prefills the negative row (new negative prompt + every token generated so far)."""
+        req.segments.append({"control": control.name, "start": len(req.tokens), "config": control.apply(req.config)})
+        req.config = req.segments[-1]["config"]
+        if control.negative is not None and req.negative_row is not None:
+            negative = self.controls.config.rubric(control.negative)
+            if negative != req.negative:
+                req.negative = negative
+                head = self.encode(negative, "negative rubric") if negative is not None else req.prompt_ids[-1:]
+                req.prefill[req.negative_row] = head + req.tokens
+        req.ctx.cfg_active = req.negative_row is not None and self._cfg_active(req.config, req.negative)
+        req.chain.rebuild(req.config, req.ctx)
+        req.combiners = {c: [req.branch_rows[n] for n in c.branch_names] for c in req.chain.combiners}
+
+    @staticmethod
+    def _segments(req: _Request) -> list[dict[str, Any]]:
+        """``{control, start, end, tau, mean_surprise_bits}`` per segment (a control token ends the one before it)."""
+        out = []
+        for i, seg in enumerate(req.segments):
+            start = seg["start"]
+            end = req.segments[i + 1]["start"] - 1 if i + 1 < len(req.segments) else len(req.tokens)
+            values = [v for v in req.surprise_at[start:end] if v is not None]
+            cfg = seg["config"]
+            out.append({"control": seg["control"], "start": start, "end": end,
+                        "tau": cfg.tau if cfg.mirostat and not cfg.is_greedy else None,
+                        "mean_surprise_bits": sum(values) / len(values) if values else None})
+        return out
+
     def _stats(self, req: _Request, seed, n_rows, forwards, t_prefill, elapsed) -> dict[str, Any]:
         decode_s = max(elapsed - t_prefill, 1e-9)
         return {
@@ -389,6 +503,7 @@ class Generator:
             "rows": n_rows,
             "forwards": forwards,
             **req.chain.stats(req.surprises),
+            "segments": self._segments(req),
             "prefill_s": t_prefill,
             "elapsed_s": elapsed,
             "tokens_per_s": (forwards - 1) / decode_s if forwards > 1 else None,
