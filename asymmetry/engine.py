@@ -40,6 +40,7 @@ from asymmetry.experts import DEFAULT_BASE, Expert, ExpertModel, ExpertRegistry,
 from asymmetry.experts.pool import BASE_ROW, PooledBase
 from asymmetry.index import ensure_index
 from asymmetry.retrieval import Passage, Retriever, pack_passages
+from asymmetry.retrieval.attribution import attribute, citation_suffix, cites
 from asymmetry.router import Route, Router
 from asymmetry.sampling import Branch, Generator, SamplerConfig
 from asymmetry.sampling.batch import BatchRunner
@@ -193,25 +194,37 @@ class AnswerStream:
     early ``break``: the partial text, marked ``interrupted``). ``on_finish`` is called once with the answer."""
 
     def __init__(self, plan: Plan, generation: GenerationStream,
-                 on_finish: Callable[[Answer], None] | None = None):
+                 on_finish: Callable[[Answer], None] | None = None, attribute: bool = True):
         self.plan = plan
         self._generation = generation
         self._on_finish = on_finish
+        self._attribute = attribute
         self._cancelled = False
         self.answer: Answer | None = None
 
     def __iter__(self) -> Iterator[str]:
         t0 = time.perf_counter()
         parts: list[str] = []
+        cited: list[int] = []
         try:
             for delta in self._generation:
                 parts.append(delta)
                 yield delta
+            cited = self._attribution("".join(parts))
+            if cited:  # the reply cites nothing: cite the passages that hold what it says (retrieval/attribution)
+                parts.append(citation_suffix(cited))
+                yield parts[-1]
         except BaseException:  # Ctrl-C, or the consumer stopped reading (GeneratorExit): keep what was said
             self._generation.close()
             self._finish("".join(parts), None, t0, interrupted=True)
             raise
-        self._finish("".join(parts), self._generation.result, t0, interrupted=False)
+        self._finish("".join(parts), self._generation.result, t0, interrupted=False, attributed=cited)
+
+    def _attribution(self, text: str) -> list[int]:
+        sources = self.plan.sources
+        if not (self._attribute and sources) or self._cancelled or cites(text) or NOT_IN_SOURCES in text:
+            return []
+        return attribute(text, self.plan.question, [f"{s.title}\n{s.text}" for s in sources])
 
     def cancel(self) -> None:
         """Stop decoding at the next step. With batching on (the server) this is safe from another thread while one
@@ -225,7 +238,8 @@ class AnswerStream:
             pass
         return self.answer.text
 
-    def _finish(self, text: str, generation: Generation | None, t0: float, interrupted: bool) -> None:
+    def _finish(self, text: str, generation: Generation | None, t0: float, interrupted: bool,
+                attributed: list[int] | None = None) -> None:
         plan = self.plan
         timings = dict(plan.timings)
         timings["generate"] = time.perf_counter() - t0
@@ -233,8 +247,10 @@ class AnswerStream:
         stats = dict(generation.stats) if generation is not None else {}
         if plan.mixture is not None:
             stats["mixture"] = dict(plan.mixture.weights)
+        if attributed:
+            stats["attributed"] = list(attributed)  # [n] the engine added (the model cited nothing)
         self.answer = Answer(
-            text=generation.text if generation is not None else text,
+            text=generation.text + citation_suffix(attributed or []) if generation is not None else text,
             expert=plan.expert.name,
             confidence=plan.confidence,
             sources=list(plan.sources),
@@ -503,7 +519,7 @@ class Engine:
         else:
             generator = Generator(model.model, model.tokenizer, lock=model.lock)
             generation = generator.stream(plan.prompt_ids, plan.sampler, **options)
-        return AnswerStream(plan, generation, on_finish)
+        return AnswerStream(plan, generation, on_finish, attribute=self.config.assistant.attribute)
 
     # -- continuous batching -----------------------------------------------------------------------------------------
 

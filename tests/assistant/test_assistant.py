@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -30,6 +31,9 @@ def test_ask_routes_retrieves_and_cites(bot):
     titles = " ".join(s.title for s in answer.sources)
     assert "relativity" in titles.lower() or "einstein" in titles.lower(), titles
     assert all(s.score is not None and s.text for s in answer.sources)
+    cited = [int(n) for n in re.findall(r"\[(\d+)\]", answer.text)]  # the model's own [n], or the engine's
+    assert cited and all(1 <= n <= len(answer.sources) for n in cited), answer.text
+    assert any("einstein" in answer.sources[n - 1].text.lower() for n in cited)
     for stage in ("embed", "route", "retrieve", "generate", "total"):
         assert answer.timings[stage] >= 0
     shown = repr(answer)
