@@ -14,6 +14,7 @@ Names understood by :func:`resolve_model`:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -116,8 +117,10 @@ def convert_gguf(gguf: Path, name: str | None = None, dtype: str = "float32") ->
 
     log.warning("converting %s once to a safetensors folder %s (a minute)", gguf.name, target)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=getattr(torch, dtype))
+        with defaults.quiet_loading(), _conversion_bar(f"converting {gguf.name}"):
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                             dtype=getattr(torch, dtype))
     except Exception as exc:  # noqa: BLE001 (corrupt or unsupported file: any reader error)
         raise AsymmetryError(f"cannot read GGUF file {gguf} ({exc}): check the file is complete and a supported model")
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -128,11 +131,33 @@ def convert_gguf(gguf: Path, name: str | None = None, dtype: str = "float32") ->
     plain.load_state_dict(quantized.state_dict(), assign=True, strict=False)
     plain.tie_weights()
     plain.generation_config = quantized.generation_config
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target) as tmp, defaults.quiet_loading():
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         write_folder_checksums(tmp)  # SHA256SUMS: a quick check on every use, `sha256sum -c SHA256SUMS` for all
     return target
+
+
+@contextlib.contextmanager
+def _conversion_bar(label: str):
+    """The one long step of a conversion is transformers' GGUF reader dequantising every tensor, with a tqdm bar of its
+    own ("Converting and de-quantizing GGUF tensors..."). It stays, under our label: the reader's ``tqdm`` is swapped
+    for one with our description while the model loads (a module global, restored after; conversions are rare)."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_reader
+
+    theirs = getattr(gguf_reader, "tqdm", None)
+    if theirs is None:  # another transformers version: its bar, if any, as it is
+        yield
+        return
+
+    def ours(*args, **kwargs):
+        return theirs(*args, **{**kwargs, "desc": label, "unit": "tensor"})
+
+    gguf_reader.tqdm = ours
+    try:
+        yield
+    finally:
+        gguf_reader.tqdm = theirs
 
 
 def _is_intact_conversion(folder: Path) -> bool:

@@ -10,6 +10,10 @@ Last line of defence: any other exception becomes one line naming the command an
 written to ``$ASYMMETRY_HOME/logs/`` (exit 1). A write that fails for lack of space or permission is a clear error
 (exit 2) naming the file. A file size limit (``ulimit -f``) raises an error instead of killing the process
 (SIGXFSZ is ignored).
+
+A quiet terminal: without ``--verbose`` the commands show our own log lines, warnings (``warning: ...``) and progress
+bars for long steps, and nothing of third-party libraries below an error (their progress bars, warnings and log
+lines). ``--verbose`` (before or after the command) shows everything, and our INFO lines.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import signal
 import sys
 import tempfile
 import traceback
+import warnings
 from pathlib import Path
 
 from asymmetry import commands, defaults
@@ -49,21 +54,33 @@ def build_parser() -> argparse.ArgumentParser:
         "130 interrupted.",
     )
     parser.add_argument("--config", metavar="FILE", help="TOML config file (default: $ASYMMETRY_CONFIG or built-ins)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
+    _add_verbose(sub)
     return parser
+
+
+VERBOSE_HELP = "log progress details, and show third-party libraries' progress bars, warnings and log lines"
+
+
+def _add_verbose(sub: argparse._SubParsersAction) -> None:
+    """``-v/--verbose`` after the command too (``asymmetry ask Q --verbose``), on every subcommand down to the leaves;
+    SUPPRESS keeps the top-level value when it is not given there."""
+    for parser in sub.choices.values():
+        if not any("--verbose" in action.option_strings for action in parser._actions):
+            parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_verbose(action)
 
 
 def main(argv: list[str] | None = None) -> int:
     defaults.ensure_offline()
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
-    for handler in logging.getLogger().handlers:  # filter at the handler: some libraries (bm25s) set their
-        handler.setLevel(level)  # own loggers to DEBUG on import, which the root logger's level does not stop
+    setup_output(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
@@ -90,6 +107,64 @@ def main(argv: list[str] | None = None) -> int:
         return _unexpected(args, exc)
     except Exception as exc:  # noqa: BLE001 -- the last line of defence: one line and a logged traceback
         return _unexpected(args, exc)
+
+
+# Third-party output turned off unless --verbose, read by the libraries when they are first imported (the CLI imports
+# them only when a command runs): transformers' log lines below an error, and its and huggingface_hub's progress bars.
+QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+def setup_output(verbose: bool) -> None:
+    """Our log lines at WARNING (INFO with ``verbose``) on stderr; third-party log lines, progress bars and Python
+    warnings only with ``verbose`` (their errors always); our own Python warnings as one ``warning: ...`` line."""
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:  # filter at the handler: some libraries (bm25s) set their
+        handler.setLevel(level)  # own loggers to DEBUG on import, which the root logger's level does not stop
+        if verbose:
+            handler.removeFilter(_own_or_error)
+        else:
+            handler.addFilter(_own_or_error)
+    warnings.showwarning = _show_warning_verbose if verbose else _show_warning
+    if verbose:
+        return
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    if "transformers" in sys.modules:  # already imported (the CLI called in-process): tell it directly
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+
+OWN_LOGGERS = ("asymmetry", "__main__")
+
+
+def _own_or_error(record: logging.LogRecord) -> bool:
+    """A log record of ours, or anyone's error."""
+    return record.levelno >= logging.ERROR or record.name.split(".", 1)[0] in OWN_LOGGERS
+
+
+def _our_folders() -> tuple[str, ...]:
+    """The folders of our loaded modules (``asymmetry`` and its subpackages, which live in folders of their own in a
+    source checkout), each ending in a path separator."""
+    folders = {os.path.dirname(os.path.abspath(module.__file__)) + os.sep for name, module in list(sys.modules.items())
+               if name.split(".", 1)[0] == "asymmetry" and getattr(module, "__file__", None)}
+    return tuple(folders)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None, verbose: bool = False) -> None:
+    """A Python warning of ours is one line, ``warning: MESSAGE``; a third-party one is dropped, or shown as Python
+    shows it with ``verbose``."""
+    out = sys.stderr if file is None else file
+    if os.path.abspath(filename).startswith(_our_folders()):
+        print(f"warning: {message}", file=out)
+    elif verbose:
+        out.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def _show_warning_verbose(message, category, filename, lineno, file=None, line=None) -> None:
+    _show_warning(message, category, filename, lineno, file, line, verbose=True)
 
 
 def command_name(args: argparse.Namespace) -> str:
