@@ -12,7 +12,7 @@ from asymmetry import defaults
 from asymmetry.assistant import Assistant
 from asymmetry.engine import AUTO, BARE, sampler_with
 from asymmetry.errors import AsymmetryError
-from asymmetry.experts import ModelPool
+from asymmetry.experts import ModelPool, Placement
 from asymmetry.sampling import Generator
 from asymmetry.sampling.cli import add_generate_arguments, add_sampler_arguments, sampler_config_from_args
 from asymmetry.sampling.controls import add_control_tokens
@@ -117,7 +117,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise AsymmetryError("the prompt is empty: pass some text (or '-' and text on stdin)")
     if args.system and not args.chat:
         raise AsymmetryError("--system needs --chat: add --chat or drop --system")
-    base = ModelPool().base(args.model)
+    base = ModelPool().base(args.model, Placement(quantize=args.cfg.experts.quantize))
     controls = args.cfg.controls if args.cfg.controls.enabled else None
     if controls is not None:
         with base.lock:

@@ -213,7 +213,7 @@ class Placement:
     max_memory: dict | None = None
     offload_folder: str | None = None
     quantization: str | None = None  # bitsandbytes on CUDA: "4bit" | "8bit"
-    quantize: str = "auto"  # CPU weight-only: "none" | "int8" | "auto" (int8 for a base of 1B parameters or more)
+    quantize: str = "auto"  # CPU weight-only: "none" | "int8" | "int4" | "auto" (int8 for a base of 1B params or more)
 
     def key(self) -> tuple:
         return (self.dtype, repr(self.device_map), repr(self.max_memory), self.offload_folder, self.quantization,
@@ -262,7 +262,7 @@ def _cpu_quantize_mode(model, placement: Placement) -> str:
     """The weight-only mode for a loaded model: only for a model wholly in CPU RAM and not bitsandbytes-quantized."""
     mode = placement.quantize
     if mode not in (*QUANTIZE_MODES, "auto"):
-        raise AsymmetryError(f"invalid quantize {mode!r}: use none, int8 or auto")
+        raise AsymmetryError(f"invalid quantize {mode!r}: use none, int8, int4 or auto")
     on_cpu = placement.quantization is None and all(p.device.type == "cpu" for p in model.parameters())
     if mode == "none" or not on_cpu:
         return "none"

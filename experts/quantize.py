@@ -1,17 +1,25 @@
-"""Weight-only int8 linear layers for CPU decoding, on torch's own kernel (``torch._weight_int8pack_mm``).
+"""Weight-only int8 and int4 linear layers for CPU decoding, on torch's own kernels (``torch._weight_int8pack_mm``,
+``torch._weight_int4pack_mm_for_cpu``).
 
-Every decode step streams every weight once, so bytes per weight set the speed. A linear layer's weight is stored as
-int8 with one scale per output channel (symmetric, absmax / 127); activations stay in the model's float dtype.
+Every decode step streams every weight once, so bytes per weight set the speed. Activations stay in the model's float
+dtype outside the layer; inside it they run in bfloat16 (the kernels' fast path on this AVX512-BF16 CPU).
 
-* one or a few tokens per row (decode): ``_weight_int8pack_mm`` in bfloat16 — measured on this 2-core AVX512-BF16
-  machine 2.1 ms for an 8960 x 1536 weight against 8.0 ms in bf16 and 5.0 ms in fp32;
-* many tokens (prefill): the weight is dequantised to bfloat16 for that one call and multiplied with a bf16 GEMM
-  (the int8 kernel is 4x slower than a bf16 GEMM at 500 tokens).
+* int8: one scale per output channel (symmetric, absmax / 127). One or a few tokens per row (decode):
+  ``_weight_int8pack_mm`` — measured on this 2-core machine 2.1 ms for an 8960 x 1536 weight against 8.0 ms in bf16
+  and 5.0 ms in fp32. Many tokens (prefill): the weight is dequantised to bfloat16 for that one call and multiplied with
+  a bf16 GEMM (the int8 kernel is 4x slower than a bf16 GEMM at 500 tokens).
+* int4: asymmetric, a scale and a zero point per group of ``INT4_GROUP`` input features (about 4.5 bits a weight), in
+  torch's packed layout (``_convert_weight_to_int4pack_for_cpu``). Up to ``INT4_KERNEL_ROWS`` rows: the int4 kernel
+  (0.37 ms for that 8960 x 1536 weight at one row against 0.42 ms for int8, same run); more rows: the weight is
+  unpacked and dequantised to bfloat16 for that call (the int4 kernel is linear in rows: 137 ms at 500 rows against
+  75 ms for unpack + bf16 GEMM). Unpacking reads torch's packed layout (blocks of 64 or 32 output rows, low nibbles the
+  first half of a block; see aten's int4mm_kernel.cpp); the layout is checked once per process on a probe, and if it
+  does not match, a prefill runs the int4 kernel instead.
 
-The module subclasses :class:`torch.nn.Linear`, so peft wraps it like any linear layer and LoRA adapters still apply
+The modules subclass :class:`torch.nn.Linear`, so peft wraps them like any linear layer and LoRA adapters still apply
 per row on top (their weights stay float: peft never casts an adapter to an integer base dtype).
 
-Shapes: M rows of input (batch x tokens), K input features, N output features.
+Shapes: M rows of input (batch x tokens), K input features, N output features, G features per int4 group.
 """
 
 from __future__ import annotations
@@ -23,12 +31,28 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-QUANTIZE_MODES = ("none", "int8")
+QUANTIZE_MODES = ("none", "int8", "int4")
 DECODE_ROWS = 16  # at most this many input rows use the int8 kernel; more are a prefill (dequantised bf16 GEMM)
+INT4_GROUP = 64  # input features per int4 scale/zero group (32 where K is not a multiple of 64)
+INT4_KERNEL_ROWS = 128  # at most this many rows use the int4 kernel; more: unpack + bf16 GEMM (measured crossover)
 SKIP = ("lm_head",)  # kept in float: tied to the input embedding in most small models, and it sets the logits
 
 
-class Int8Linear(nn.Linear):
+class _WeightOnlyLinear(nn.Linear):
+    """What the int8 and int4 layers share: bf16 activations inside, the caller's dtype and shape outside."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape, dtype = x.shape, x.dtype
+        y = self._matmul(x.reshape(-1, shape[-1]).to(torch.bfloat16))  # (M, K) -> (M, N)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.to(dtype).reshape(*shape[:-1], self.out_features)
+
+    def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Int8Linear(_WeightOnlyLinear):
     """A linear layer with an int8 weight (N, K) and a float scale per output channel (N,)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
@@ -42,35 +66,137 @@ class Int8Linear(nn.Linear):
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.compute_dtype = weight.dtype
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape, dtype = x.shape, x.dtype
-        x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)  # (M, K)
+    def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
         if x2.shape[0] <= DECODE_ROWS:
-            y = torch._weight_int8pack_mm(x2, self.weight, self.scale)  # (M, N)
-        else:
-            w = self.weight.to(torch.bfloat16) * self.scale[:, None]  # (N, K), this call only
-            y = torch.nn.functional.linear(x2, w)  # (M, N)
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
-        return y.to(dtype).reshape(*shape[:-1], self.out_features)
+            return torch._weight_int8pack_mm(x2, self.weight, self.scale)  # (M, N)
+        w = self.weight.to(torch.bfloat16) * self.scale[:, None]  # (N, K), this call only
+        return torch.nn.functional.linear(x2, w)  # (M, N)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weight-only"
 
 
+class Int4Linear(_WeightOnlyLinear):
+    """A linear layer with an int4 weight in torch's packed layout (N, K / 2) uint8 and a bf16 scale and zero point
+    per group of G input features, ``scale_zeros`` (K / G, N, 2): w = (q - 8) * scale + zero, q in 0..15."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, group: int | None = None):
+        nn.Module.__init__(self)
+        n, k = weight.shape
+        self.in_features, self.out_features = k, n
+        self.group = group or int4_group(n, k)
+        if not self.group:
+            raise ValueError(f"int4 needs N a multiple of 16 and K of 32, got a weight of {n} x {k}")
+        q, scale_zeros = _int4_quantize(weight.detach().float(), self.group)  # (N, K) int32, (K/G, N, 2)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)  # (N, K/2) uint8, torch's layout
+        self.weight = nn.Parameter(packed, requires_grad=False)
+        self.register_buffer("scale_zeros", scale_zeros.to(torch.bfloat16))
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.compute_dtype = weight.dtype
+
+    def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
+        if x2.shape[0] <= INT4_KERNEL_ROWS or _int4_layout() is None:
+            return torch._weight_int4pack_mm_for_cpu(x2, self.weight, self.group, self.scale_zeros)  # (M, N)
+        return torch.nn.functional.linear(x2, self.dequantized())  # (M, N)
+
+    def dequantized(self) -> torch.Tensor:
+        """The weight as bfloat16 (N, K), unpacked from torch's layout (for a prefill, and for tests)."""
+        n, k, g = self.out_features, self.in_features, self.group
+        layout = _int4_layout()
+        if layout is None:
+            raise RuntimeError("torch's int4 packed layout is not the one this module unpacks")
+        q = _int4_unpack(self.weight, n, k, *layout)  # (N, K) uint8
+        scale = self.scale_zeros[..., 0].t().unsqueeze(-1)  # (N, K/G, 1)
+        zero = self.scale_zeros[..., 1].t().unsqueeze(-1)  # (N, K/G, 1)
+        return q.view(n, k // g, g).to(torch.bfloat16).sub_(8).mul_(scale).add_(zero).view(n, k)  # (N, K)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int4 weight-only, group={self.group}"
+
+
+def int4_group(n: int, k: int) -> int:
+    """The int4 group size for an (N, K) weight: ``INT4_GROUP`` or 32 where K allows; 0 where the kernel cannot run
+    (N not a multiple of 16, K not of 32)."""
+    if n % 16:
+        return 0
+    return next((g for g in (INT4_GROUP, 32) if k % g == 0), 0)
+
+
+def _int4_quantize(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Asymmetric min/max quantisation per group: q (N, K) int32 in 0..15 and scale_zeros (K/G, N, 2) float32, with
+    zero = min + 8 * scale so that w ~ (q - 8) * scale + zero (the int4 kernel's convention)."""
+    n, k = w.shape
+    groups = w.reshape(n, k // group, group)  # (N, K/G, G)
+    lo, hi = groups.amin(dim=-1, keepdim=True), groups.amax(dim=-1, keepdim=True)  # (N, K/G, 1)
+    scale = ((hi - lo) / 15).clamp_min(1e-8)  # (N, K/G, 1)
+    zero = lo + 8 * scale
+    q = torch.round((groups - lo) / scale).clamp_(0, 15).to(torch.int32).reshape(n, k)  # (N, K)
+    scale_zeros = torch.cat([scale, zero], dim=-1).transpose(0, 1).contiguous()  # (K/G, N, 2)
+    return q, scale_zeros
+
+
+def _int4_unpack(packed: torch.Tensor, n: int, k: int, block: int, lanes: bool) -> torch.Tensor:
+    """torch's CPU int4 layout back to (N, K) uint8: output rows in blocks of ``block``, each block stored (K, block/2)
+    bytes; with ``lanes`` a byte's low nibble is row j of the block and its high nibble row j + block/2 (AVX512 and AVX2
+    kernels), otherwise rows 2j and 2j + 1 (the scalar kernel, and every partial last block)."""
+    out = torch.empty(n, k, dtype=torch.uint8)
+    full = (n // block) * block
+    flat = packed.reshape(-1)
+    if full:
+        p = flat[: full * k // 2].reshape(full // block, k, block // 2)  # (N/B, K, B/2)
+        lo, hi = (p & 15).transpose(1, 2), (p >> 4).transpose(1, 2)  # (N/B, B/2, K) each
+        if lanes:
+            out[:full] = torch.cat([lo, hi], dim=1).reshape(full, k)
+        else:
+            out[:full] = torch.stack([lo, hi], dim=2).reshape(full, k)
+    if full < n:
+        tail = n - full
+        p = flat[full * k // 2:].reshape(k, tail // 2)  # (K, T/2)
+        out[full:] = torch.stack([(p & 15).t(), (p >> 4).t()], dim=1).reshape(tail, k)
+    return out
+
+
+_LAYOUT: list = []  # the layout found by _int4_layout (cached once per process): (block, lanes) or None
+
+
+def _int4_layout() -> tuple[int, bool] | None:
+    """Which of torch's CPU int4 layouts this process packs into (it follows the CPU's vector width), found once by
+    packing a probe and unpacking it; None if none matches (a prefill then runs the int4 kernel)."""
+    if not _LAYOUT:
+        gen = torch.Generator().manual_seed(0)
+        probe = torch.randint(0, 16, (176, 64), generator=gen, dtype=torch.int32)  # 2 x 64 + 48 rows: full and tail
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(probe, 1)
+        found = None
+        for layout in ((64, True), (32, True), (32, False), (64, False)):
+            if torch.equal(_int4_unpack(packed, 176, 64, *layout).to(torch.int32), probe):
+                found = layout
+                break
+        if found is None:
+            log.warning("torch's int4 packed layout is not a known one: int4 prefills run the int4 kernel (slower)")
+        _LAYOUT.append(found)
+    return _LAYOUT[0]
+
+
 def quantize_model(model: nn.Module, mode: str) -> int:
-    """Replace every ``nn.Linear`` of ``model`` (except the output head) by an int8 weight-only layer, in place;
-    return how many were replaced. ``mode="none"`` changes nothing. Needs a CPU with a ``_weight_int8pack_mm``
-    kernel (any x86-64 build of torch 2.4+)."""
+    """Replace every ``nn.Linear`` of ``model`` (except the output head) by a weight-only int8 or int4 layer, in place;
+    return how many were replaced. ``mode="none"`` changes nothing. int4 keeps int8 for a layer the int4 kernel cannot
+    take (N not a multiple of 16 or K of 32). Needs torch's CPU kernels ``_weight_int8pack_mm`` and
+    ``_weight_int4pack_mm_for_cpu`` (x86-64 builds of torch 2.5+)."""
     if mode == "none":
         return 0
-    if mode != "int8":
+    if mode not in QUANTIZE_MODES:
         raise ValueError(f"unknown quantize mode {mode!r}: use one of {', '.join(QUANTIZE_MODES)}")
     targets = [(name, module) for name, module in model.named_modules()
                if type(module) is nn.Linear and name.rsplit(".", 1)[-1] not in SKIP]
+    int8 = 0
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, Int8Linear(module.weight, module.bias))
-    log.info("int8 weight-only: %d linear layers", len(targets))
+        if mode == "int4" and int4_group(*module.weight.shape):
+            layer = Int4Linear(module.weight, module.bias)
+        else:
+            layer, int8 = Int8Linear(module.weight, module.bias), int8 + 1
+        setattr(parent, child, layer)
+    log.info("%s weight-only: %d linear layers%s", mode, len(targets),
+             f" ({int8} kept in int8)" if mode == "int4" and int8 else "")
     return len(targets)

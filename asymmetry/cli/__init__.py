@@ -55,25 +55,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", metavar="FILE", help="TOML config file (default: $ASYMMETRY_CONFIG or built-ins)")
     parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None, help=QUANTIZE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
-    _add_verbose(sub)
+    _add_shared_options(sub)
     return parser
 
 
 VERBOSE_HELP = "log progress details, and show third-party libraries' progress bars, warnings and log lines"
+QUANTIZE_CHOICES = ("none", "int8", "int4", "auto")
+QUANTIZE_HELP = ("CPU weight-only linears of the bases: none (float), int8, int4 (torch's kernels; LoRA still per row) "
+                 "or auto (int8 for bases of 1B+ parameters); overrides [experts] quantize")
+MODEL_COMMANDS = {"ask", "chat", "generate", "mc", "qa", "serve"}  # the commands that load a base model
 
 
-def _add_verbose(sub: argparse._SubParsersAction) -> None:
-    """``-v/--verbose`` after the command too (``asymmetry ask Q --verbose``), on every subcommand down to the leaves;
-    SUPPRESS keeps the top-level value when it is not given there."""
-    for parser in sub.choices.values():
-        if not any("--verbose" in action.option_strings for action in parser._actions):
+def _add_shared_options(sub: argparse._SubParsersAction) -> None:
+    """``-v/--verbose`` after the command too (``asymmetry ask Q --verbose``), on every subcommand down to the leaves,
+    and ``--quantize`` on those that load a model; SUPPRESS keeps the top-level value when one is not given there."""
+    for name, parser in sub.choices.items():
+        flags = {flag for action in parser._actions for flag in action.option_strings}
+        if "--verbose" not in flags:
             parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+        if name in MODEL_COMMANDS and "--quantize" not in flags:
+            parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=argparse.SUPPRESS, help=QUANTIZE_HELP)
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):
-                _add_verbose(action)
+                _add_shared_options(action)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _warn_read_only_home()
         args.cfg = Config.load(args.config)
+        if args.quantize is not None:
+            args.cfg.experts.quantize = args.quantize
         return int(args.func(args) or 0)
     except AsymmetryError as exc:
         print(f"error: {exc}", file=sys.stderr)

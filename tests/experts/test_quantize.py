@@ -1,4 +1,4 @@
-"""Weight-only int8 linear layers (torch's int8 kernel): close to the float model, LoRA still applied per row."""
+"""Weight-only int8 and int4 linear layers (torch's kernels): close to the float model, LoRA still applied per row."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from asymmetry.errors import AsymmetryError
 from asymmetry.experts import ModelPool, Placement, load_model
 from asymmetry.experts.config import adapters_package_dir
-from asymmetry.experts.quantize import Int8Linear, quantize_model
+from asymmetry.experts.quantize import INT4_KERNEL_ROWS, Int4Linear, Int8Linear, _int4_layout, quantize_model
 
 PROMPT = "Rome is the capital of Italy, Madrid is the capital of Spain, and the capital of France is"  # > 16 tokens: one kernel
 
@@ -24,10 +24,38 @@ def test_int8_linear_matches_float_linear_for_decode_and_prefill():
         torch.testing.assert_close(got, ref, atol=0.05, rtol=0.05)
 
 
-def test_int8_smollm2_keeps_its_next_token_and_lora_rows(smollm):
+def test_int4_linear_matches_its_dequantized_weight_for_decode_and_prefill():
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(256, 192)  # K = 4 groups of 64; N = 3 x 64: full blocks of torch's layout
+    q = Int4Linear(dense.weight, dense.bias)
+    assert _int4_layout() is not None, "torch's packed int4 layout is not the one we unpack (prefills would be slow)"
+    deq = q.dequantized().float()  # (N, K)
+    assert (deq - dense.weight).abs().max() < dense.weight.abs().max() / 10  # about half a step (bf16 scale and zero)
+    for rows in (1, 5, INT4_KERNEL_ROWS + 72):  # the int4 kernel (decode), and unpack + bf16 GEMM (prefill)
+        x = torch.randn(rows, 256)
+        ref = x @ deq.t() + dense.bias  # (M, N)
+        got = q(x)
+        assert got.dtype == x.dtype and got.shape == ref.shape
+        torch.testing.assert_close(got, ref, atol=0.03, rtol=0.02)  # bf16 activations
+
+
+def test_int4_odd_shapes_use_group_32_tail_blocks_or_int8():
+    torch.manual_seed(1)
+    odd = torch.nn.Linear(96, 80)  # K = 3 x 32: group 32; N = 64 + 16: a partial last block
+    q = Int4Linear(odd.weight, None)
+    assert q.group == 32
+    x = torch.randn(3, 96)
+    torch.testing.assert_close(q(x), x @ q.dequantized().float().t(), atol=0.03, rtol=0.02)
+    model = torch.nn.Sequential(torch.nn.Linear(96, 80), torch.nn.Linear(80, 40))  # N = 40: not for the int4 kernel
+    assert quantize_model(model, "int4") == 2
+    assert isinstance(model[0], Int4Linear) and isinstance(model[1], Int8Linear)
+
+
+@pytest.mark.parametrize("mode, layer", [("int8", Int8Linear), ("int4", Int4Linear)])
+def test_quantized_smollm2_keeps_its_next_token_and_lora_rows(smollm, mode, layer):
     pool = ModelPool()
-    base = pool.base("smollm2", Placement(quantize="int8"))
-    assert sum(isinstance(m, Int8Linear) for m in base.loaded.model.modules()) > 100
+    base = pool.base("smollm2", Placement(quantize=mode))
+    assert sum(isinstance(m, layer) for m in base.loaded.model.modules()) > 100
     tok = smollm.tokenizer
     ids = tok(PROMPT, return_tensors="pt").input_ids  # (1, T)
     with torch.no_grad():
@@ -49,5 +77,17 @@ def test_auto_keeps_small_bases_in_float_and_bad_modes_are_refused():
     assert not any(isinstance(m, Int8Linear) for m in loaded.model.modules())
     with pytest.raises(AsymmetryError, match="quantize"):
         load_model("smollm2", Placement(quantize="int3"))
-    with pytest.raises(ValueError, match="int8"):
-        quantize_model(torch.nn.Linear(2, 2), "int4")
+    with pytest.raises(ValueError, match="int4"):
+        quantize_model(torch.nn.Linear(2, 2), "int3")
+
+
+def test_quantize_flag_before_or_after_the_command_overrides_the_config():
+    from asymmetry import cli
+    from asymmetry.experts.config import ExpertsConfig
+
+    parser = cli.build_parser()
+    assert parser.parse_args(["ask", "q"]).quantize is None  # the config's [experts] quantize
+    assert parser.parse_args(["ask", "q", "--quantize", "int4"]).quantize == "int4"
+    assert parser.parse_args(["--quantize", "int8", "eval", "mc", "x.csv"]).quantize == "int8"
+    assert parser.parse_args(["generate", "p", "--quantize", "none"]).quantize == "none"
+    assert ExpertsConfig(quantize="int4").quantize == "int4"
