@@ -1,7 +1,7 @@
 """Our sampler: a decoding loop with a KV cache where CFG, mirostat, grammar constraints and penalties stack.
 
 ``Generator(model, tokenizer).generate(prompt, SamplerConfig(...))`` returns a :class:`Generation`;
-``stream(...)`` yields text deltas. Heavy imports (torch) happen when these names are first used.
+``stream(...)`` yields text deltas. ``ControlsConfig`` is the control-token vocabulary (``[controls]``). Heavy imports (torch) happen when these names are first used.
 """
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from asymmetry.sampling.config import DEFAULT_STAGES, STAGE_NAMES, SamplerConfig
+from asymmetry.sampling.controls import ControlsConfig, add_control_tokens
 
 if TYPE_CHECKING:
     from asymmetry.sampling.generator import Branch, Generation, Generator
 
-__all__ = ["DEFAULT_STAGES", "STAGE_NAMES", "Branch", "Generation", "Generator", "SamplerConfig"]
+__all__ = ["DEFAULT_STAGES", "STAGE_NAMES", "Branch", "ControlsConfig", "Generation", "Generator", "SamplerConfig",
+           "add_control_tokens"]
 
 
 def __getattr__(name: str):
