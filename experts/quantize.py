@@ -127,10 +127,10 @@ def _int4_quantize(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Ten
     zero = min + 8 * scale so that w ~ (q - 8) * scale + zero (the int4 kernel's convention)."""
     n, k = w.shape
     groups = w.reshape(n, k // group, group)  # (N, K/G, G)
-    lo, hi = groups.amin(dim=-1, keepdim=True), groups.amax(dim=-1, keepdim=True)  # (N, K/G, 1)
+    lo, hi = torch.aminmax(groups, dim=-1, keepdim=True)  # (N, K/G, 1) each
     scale = ((hi - lo) / 15).clamp_min(1e-8)  # (N, K/G, 1)
     zero = lo + 8 * scale
-    q = torch.round((groups - lo) / scale).clamp_(0, 15).to(torch.int32).reshape(n, k)  # (N, K)
+    q = (groups - lo).mul_(1 / scale).round_().clamp_(0, 15).to(torch.int32).reshape(n, k)  # (N, K)
     scale_zeros = torch.cat([scale, zero], dim=-1).transpose(0, 1).contiguous()  # (K/G, N, 2)
     return q, scale_zeros
 
