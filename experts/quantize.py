@@ -200,3 +200,17 @@ def quantize_model(model: nn.Module, mode: str) -> int:
     log.info("%s weight-only: %d linear layers%s", mode, len(targets),
              f" ({int8} kept in int8)" if mode == "int4" and int8 else "")
     return len(targets)
+
+
+def upcast_unquantized(model: nn.Module, dtype: torch.dtype) -> None:
+    """Cast every floating parameter and buffer outside the weight-only layers to ``dtype``, in place (their int
+    weights and bf16 scales, and a bias the layer adds in bf16 anyway, stay as they are)."""
+    for module in model.modules():
+        if isinstance(module, _WeightOnlyLinear):
+            continue
+        for name, param in module.named_parameters(recurse=False):
+            if param.is_floating_point() and param.dtype != dtype:
+                param.data = param.data.to(dtype)
+        for name, buf in module.named_buffers(recurse=False):
+            if buf.is_floating_point() and buf.dtype != dtype:
+                setattr(module, name, buf.to(dtype))
