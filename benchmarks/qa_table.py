@@ -27,6 +27,7 @@ def main() -> None:
             label = run.name.split("-", 1)[1] if name == "asymmetry" else name
             if name == "asymmetry":
                 label = {"default": "asymmetry, default line-up", "default-closed": "asymmetry, no retrieval",
+                         "hf-baselines": "asymmetry, default line-up, before attribution",
                          "small": "asymmetry, small line-up", "small-closed": "small line-up, no retrieval"}.get(
                     label, label)
             print(f"| {run.name.split('-')[0]} | {label} | {int(m.get('n') or 0)} | {fmt(m.get('contains'))} | {fmt(m.get('em'))} "

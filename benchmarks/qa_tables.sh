@@ -1,20 +1,36 @@
 #!/usr/bin/env bash
 # Free-form QA tables of the README (held-out parts only; see `asymmetry eval qa --help` for the split rule).
 # Usage: benchmarks/qa_tables.sh [N]   (N questions per set, default 30; about 1 minute per question on 2 cores with
-# the 1.5B baselines). Every run writes benchmarks/results/qa/<set>-<system>/report.json.
+# the 1.5B baselines). Every run writes benchmarks/results/qa/<set>-<system>/report.json; a run whose report is
+# there already is kept (delete its folder to run it again); an interrupted one resumes.
+# Then: python benchmarks/qa_table.py prints the table.
 set -euo pipefail
 N=${1:-30}
 OUT=benchmarks/results/qa
 mkdir -p "$OUT"
 SMALL=$(mktemp --suffix=.toml)
 printf '[experts]\nlineup = "small"\n' > "$SMALL"
+trap 'rm -f "$SMALL"' EXIT
+
+run() {  # run NAME [asymmetry options...] -- [eval qa options...]
+  local name=$1; shift
+  local pre=()
+  while [[ $1 != -- ]]; do pre+=("$1"); shift; done; shift
+  if [[ -f $OUT/$name/report.json ]]; then echo "kept $OUT/$name"; return; fi
+  local again=()
+  [[ -f $OUT/$name/run.json ]] && again=(--resume)
+  asymmetry "${pre[@]}" eval qa "${SET}" --limit "$N" --out "$OUT/$name" --no-progress "${again[@]}" "$@"
+}
+
+# most informative first: each set's default pipeline (with the plain-transformers greedy baselines on the same
+# questions and passages) and the same without retrieval; our 30 common-knowledge questions; then the small line-up
 for SET in nq_open triviaqa; do
-  # the default pipeline, with plain-transformers greedy baselines on the same questions and passages
-  asymmetry eval qa "$SET" --limit "$N" --out "$OUT/$SET-default" --overwrite --no-progress \
-      --baseline hf --baseline-bases qwen2.5-coder-1.5b,smollm2
-  asymmetry eval qa "$SET" --limit "$N" --out "$OUT/$SET-default-closed" --overwrite --no-progress --no-retrieval
-  asymmetry --config "$SMALL" eval qa "$SET" --limit "$N" --out "$OUT/$SET-small" --overwrite --no-progress
-  asymmetry --config "$SMALL" eval qa "$SET" --limit "$N" --out "$OUT/$SET-small-closed" --overwrite --no-progress \
-      --no-retrieval
+  run "$SET-default" -- --baseline hf --baseline-bases qwen2.5-coder-1.5b,smollm2
+  run "$SET-default-closed" -- --no-retrieval
 done
-rm -f "$SMALL"
+SET=tests/data/common_knowledge.jsonl
+run "common-default" -- --baseline hf --baseline-bases qwen2.5-coder-1.5b
+for SET in nq_open triviaqa; do
+  run "$SET-small" --config "$SMALL" --
+  run "$SET-small-closed" --config "$SMALL" -- --no-retrieval
+done
