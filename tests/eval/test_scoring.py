@@ -8,6 +8,8 @@ import torch
 from asymmetry.datasets import load_mc
 from asymmetry.errors import AsymmetryError
 from asymmetry.eval.scoring import encode_pair, score_batch, score_options, score_options_naive
+from asymmetry.experts import ExpertRegistry
+from asymmetry.experts.config import ExpertsConfig
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +74,13 @@ def test_bad_arguments(smollm):
 
 
 def test_option_scorer_with_per_row_adapters_equals_full_sequences(pool):
-    """The one scorer, prefix shared and adapters named per row, equals scoring each full sequence alone."""
-    import torch
-
+    """The one scorer, prefix shared and adapters named per row, equals scoring each full sequence alone. (The small
+    line-up: its science expert is a LoRA adapter on SmolLM2; the default line-up's experts have no adapter.)"""
     from asymmetry.datasets import MCQuestion
     from asymmetry.eval.compare import option_scores, question_prompt
     from asymmetry.eval.metrics import option_metrics
-    from asymmetry.experts import ExpertRegistry
 
-    science = ExpertRegistry.from_config(pool=pool).model("science")
+    science = ExpertRegistry.from_config(ExpertsConfig(lineup="small"), pool=pool).model("science")
     tok = science.tokenizer
     q = MCQuestion("q1", "What do bees make?", ["honey", "steel beams", "ice"], 0, "test")
     shared = option_scores(science.model, tok, [q], adapter_names=["science", "__base__"], lock=science.lock)
