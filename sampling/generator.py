@@ -132,6 +132,7 @@ class Generator:
         # a base that may not emit them draws exactly the tokens it drew before they were added
         ids = self.controls.ids if self.controls is not None else []
         self._draw_width = ids[0] if ids and ids == list(range(ids[0], self.vocab_size)) else None
+        self._control_ids = torch.tensor(ids, dtype=torch.long)  # (C,): masked every step while not generated
 
     @staticmethod
     def _eos_ids(model, tokenizer) -> set[int]:
@@ -403,7 +404,7 @@ class Generator:
         scores = logits[req.row0: req.row0 + 1]  # (1, V)
         config = req.config or config
         if req.controls is not None and not req.controls.config.generate:  # an untrained base never emits them
-            scores = scores.index_fill(1, torch.tensor(req.controls.ids, device=scores.device), float("-inf"))
+            scores = scores.index_fill(1, self._control_ids.to(scores.device), float("-inf"))
         if req.chain:
             input_ids = req.buffer[:, : req.length]  # (1, T)
             if scores.device.type != "cpu":
