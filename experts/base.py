@@ -182,17 +182,28 @@ def user_gguf_dtype(gguf: Path) -> str:
     return "bfloat16" if gguf.stat().st_size >= LARGE_GGUF_BYTES else "float32"
 
 
+def builtin_gguf(spec: str) -> Path:
+    """The GGUF file of a built-in base (``smollm2``, ``qwen2.5-coder-0.5b``, ``qwen2.5-coder-1.5b``): in its package,
+    or joined once from its parts into the cache. Other runtimes (the llama.cpp benchmarks) read the same file."""
+    if spec == DEFAULT_BASE:
+        return defaults.smollm_gguf_path()
+    if spec == LARGE_BASE:
+        return _concat_gguf(defaults.qwen_gguf_parts(), "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+    if spec == XL_BASE:
+        return _concat_gguf(defaults.qwen15_gguf_parts(), "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
+    raise AsymmetryError(f"{spec!r} is not a built-in base: use {DEFAULT_BASE!r}, {LARGE_BASE!r} or {XL_BASE!r}")
+
+
 def resolve_model(spec: str | os.PathLike | None = None) -> tuple[str, Path]:
     """Turn a model name or path into ``(display name, local HF folder)``, converting GGUF once if needed."""
     spec = str(spec) if spec else DEFAULT_BASE
     if spec == DEFAULT_BASE:
-        return defaults.DEFAULT_MODEL_NAME, convert_gguf(defaults.smollm_gguf_path(), "smollm2-135m-instruct")
+        return defaults.DEFAULT_MODEL_NAME, convert_gguf(builtin_gguf(spec), "smollm2-135m-instruct")
     if spec == LARGE_BASE:
-        joined = _concat_gguf(defaults.qwen_gguf_parts(), "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
-        return defaults.LARGE_MODEL_NAME, convert_gguf(joined, "qwen2.5-coder-0.5b-instruct")
+        return defaults.LARGE_MODEL_NAME, convert_gguf(builtin_gguf(spec), "qwen2.5-coder-0.5b-instruct")
     if spec == XL_BASE:
-        joined = _concat_gguf(defaults.qwen15_gguf_parts(), "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
-        return defaults.XL_MODEL_NAME, convert_gguf(joined, "qwen2.5-coder-1.5b-instruct", dtype="bfloat16")
+        return defaults.XL_MODEL_NAME, convert_gguf(builtin_gguf(spec), "qwen2.5-coder-1.5b-instruct",
+                                                    dtype="bfloat16")
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         return path.stem, convert_gguf(path, dtype=user_gguf_dtype(path))
