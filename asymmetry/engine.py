@@ -45,6 +45,7 @@ from asymmetry.router import Route, Router
 from asymmetry.sampling import Branch, Generator, SamplerConfig
 from asymmetry.sampling.batch import BatchRunner
 from asymmetry.sampling.generator import Generation, GenerationStream
+from asymmetry.sampling.logprobs import TokenLogprob
 from asymmetry.sampling.stages import Mixture
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ class Answer:
     timings: dict[str, float] = field(default_factory=dict)
     question: str = ""
     interrupted: bool = False
+    logprobs: list[TokenLogprob] | None = None  # per generated token, when the sampler config asked (logprobs=N)
 
     def __str__(self) -> str:
         return self.text
@@ -258,6 +260,7 @@ class AnswerStream:
             timings={k: round(v, 4) for k, v in timings.items()},
             question=plan.question,
             interrupted=interrupted or self._cancelled,
+            logprobs=generation.logprobs if generation is not None else None,
         )
         if self._on_finish is not None:
             self._on_finish(self.answer)

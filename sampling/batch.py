@@ -38,6 +38,7 @@ from asymmetry.forward import left_pad
 from asymmetry.sampling.config import SamplerConfig
 from asymmetry.sampling.generator import Branch, Generation, Generator, _Request
 from asymmetry.sampling.kernels import SmallBatchLinear, wants_small_batch
+from asymmetry.sampling.logprobs import TextDelta
 from asymmetry.sampling.stages import BranchCombiner
 
 
@@ -201,7 +202,7 @@ class DecodeBatch:
             req.chain.accept(token)
             delta = gen._advance(req, token, surprise, s.config)
             s.token, s.logits = token, None
-            if delta:
+            if delta or isinstance(delta, TextDelta):  # a TextDelta may carry log-probabilities without text
                 emit(s, delta)
             if req.finish_reason is not None:
                 finished.append(s)
@@ -403,6 +404,6 @@ class BatchRunner:
             req = s.req
             stats = self.gen._stats(req, s.seed, s.n_rows, s.forwards, s.t_prefill, now - s.t_start)
             stats.update(queue_s=s.t_start - s.t_submit, shared_steps=s.shared_steps, max_batch_rows=s.max_batch_rows)
-            s.events.put(("done", Generation(req.text, list(req.tokens), stats)))
+            s.events.put(("done", Generation(req.text, list(req.tokens), stats, req.logprob_entries())))
         if self._on_step is not None and batch.slots:
             self._on_step(batch.n_rows, len(batch.slots))

@@ -23,6 +23,7 @@ from asymmetry.errors import ConfigError
 #: Every stage name that may appear in ``stages``.
 STAGE_NAMES = ("penalties", "cfg", "grammar", "temperature", "top_k", "top_p", "min_p", "mirostat")
 DEFAULT_STAGES = list(STAGE_NAMES)
+MAX_TOP_LOGPROBS = 20  # alternatives per token, as OpenAI's top_logprobs
 
 
 def _num(where: str, value: object) -> float:
@@ -65,6 +66,7 @@ class SamplerConfig:
     greedy: bool = False
     stop: list[str] = field(default_factory=list)
     stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES))
+    logprobs: int | None = None  # report each token's log-probability and this many alternatives (logprobs.py)
 
     def __post_init__(self) -> None:
         w = "sampler"
@@ -124,6 +126,9 @@ class SamplerConfig:
         if len(set(self.stages)) != len(self.stages):
             dup = next(s for s in self.stages if self.stages.count(s) > 1)
             raise ConfigError(f"{w}.stages", dup, "list each stage once")
+        if self.logprobs is not None and not 0 <= _int(f"{w}.logprobs", self.logprobs) <= MAX_TOP_LOGPROBS:
+            raise ConfigError(f"{w}.logprobs", self.logprobs,
+                              f"use 0 to {MAX_TOP_LOGPROBS} alternatives per token, or omit it (no log-probabilities)")
 
     @property
     def is_greedy(self) -> bool:

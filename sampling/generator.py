@@ -31,6 +31,7 @@ from asymmetry.sampling.config import SamplerConfig
 from asymmetry.sampling.controls import Control, ControlsConfig, ControlTokens
 from asymmetry.sampling.grammar import GrammarMask, compile_grammar, read_constraint
 from asymmetry.sampling.kernels import SmallBatchLinear, wants_small_batch
+from asymmetry.sampling.logprobs import TextDelta, TokenLogprob, TokenTexts
 from asymmetry.sampling.stages import BranchCombiner
 
 LOG2 = math.log(2)
@@ -50,6 +51,7 @@ class Generation:
     text: str
     tokens: list[int]
     stats: dict[str, Any]
+    logprobs: list[TokenLogprob] | None = None  # per visible token, when the config asked (sampling/logprobs.py)
 
 
 class GenerationStream:
@@ -101,6 +103,15 @@ class _Request:
     prefill: dict[int, list[int]] = field(default_factory=dict)
     segments: list[dict[str, Any]] = field(default_factory=list)
     surprise_at: list[float | None] = field(default_factory=list)  # per generated token, None when greedy
+    # log-probabilities (sampling/logprobs.py), only when the config asks: alternatives per token, this step's
+    # distribution (V,), the entries so far and how many of them went out with a delta
+    top_logprobs: int | None = None
+    step_logprobs: torch.Tensor | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    logprobs_sent: int = 0
+
+    def logprob_entries(self) -> list[TokenLogprob] | None:
+        return list(self.logprobs) if self.top_logprobs is not None else None
 
     @property
     def length(self) -> int:
@@ -133,6 +144,15 @@ class Generator:
         ids = self.controls.ids if self.controls is not None else []
         self._draw_width = ids[0] if ids and ids == list(range(ids[0], self.vocab_size)) else None
         self._control_ids = torch.tensor(ids, dtype=torch.long)  # (C,): masked every step while not generated
+        self._token_texts: TokenTexts | None = None  # made when a request first asks for log-probabilities
+
+    @property
+    def token_texts(self) -> TokenTexts:
+        """Token bytes and the ids hidden from users (special, control, EOS), for log-probabilities."""
+        if self._token_texts is None:
+            hidden = set(self.eos_ids) | {int(i) for i in self._control_ids}
+            self._token_texts = TokenTexts(self.tokenizer, self.vocab_size, hidden)
+        return self._token_texts
 
     @staticmethod
     def _eos_ids(model, tokenizer) -> set[int]:
@@ -269,7 +289,8 @@ class Generator:
             buffer[0, : len(ids)] = torch.tensor(ids)
             req = _Request(ids, chain, row0, len(rows) - row0, combiners, stops, buffer, seed, config=seg_config,
                            ctx=ctx, controls=self.controls, branch_rows=branch_rows,
-                           negative_row=branch_rows.get("negative"), negative=seg_negative)
+                           negative_row=branch_rows.get("negative"), negative=seg_negative,
+                           top_logprobs=config.logprobs)
             req.segments.append({"control": first, "start": 0, "config": seg_config})
             requests.append(req)
         return rows, rows_kw, requests
@@ -339,7 +360,7 @@ class Generator:
                     req.chain.accept(token)
                     delta = self._advance(req, token, surprise, config)
                     step_ids[req.row0: req.row0 + req.n_rows, 0] = token
-                    if delta:
+                    if delta or isinstance(delta, TextDelta):
                         yield index, delta
                 if all(r.finish_reason is not None for r in requests):
                     break
@@ -360,8 +381,8 @@ class Generator:
                     logits, cache = self._forward(ids_in, mask, pos, cache, forward_kwargs)
                 forwards += 1
         elapsed = time.perf_counter() - t0
-        return [Generation(req.text, list(req.tokens), self._stats(req, seed, n_rows, forwards, t_prefill, elapsed))
-                for req in requests]
+        return [Generation(req.text, list(req.tokens), self._stats(req, seed, n_rows, forwards, t_prefill, elapsed),
+                           req.logprob_entries()) for req in requests]
 
     def _prefill_step(self, step_ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,
                       pending: dict[int, list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -410,7 +431,11 @@ class Generator:
             if scores.device.type != "cpu":
                 input_ids = input_ids.to(scores.device)
             req.chain.set_branch_scores({c: logits[idx] for c, idx in req.combiners.items()})  # (R, V) each
+            if req.top_logprobs is not None:
+                req.step_logprobs = self._reported_logprobs(req, input_ids, scores)
             scores = req.chain.apply(input_ids, scores)
+        elif req.top_logprobs is not None:
+            req.step_logprobs = scores[0].log_softmax(-1)  # (V,)
         if config.is_greedy:
             return int(scores.argmax(-1)), None
         if (self._draw_width is not None and not req.controls.config.generate
@@ -426,8 +451,39 @@ class Generator:
         token = int(torch.multinomial(probs, 1, generator=rng[str(probs.device)]))
         return token, -math.log(max(float(probs[0, token]), 1e-45)) / LOG2
 
+    @staticmethod
+    def _reported_logprobs(req: _Request, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """The distribution log-probabilities describe (sampling/logprobs.py): the row after the combiner stages
+        (CFG, mixture; their branch rows are set) and before every other stage. (1, V) scores -> (V,)."""
+        for combiner in req.chain.combiners:
+            scores = combiner(input_ids, scores)
+        return scores[0].log_softmax(-1)
+
+    def _record_logprob(self, req: _Request, token: int, before: str) -> None:
+        """The entry of a visible generated token; ``before`` is the text decoded before it."""
+        texts = self.token_texts
+        entry = texts.entry(req.step_logprobs, token, req.top_logprobs)
+        entry.offset, entry.end = _complete_prefix(before), _complete_prefix(req.text)
+        req.logprobs.append(entry)
+
+    @staticmethod
+    def _with_logprobs(req: _Request, delta: str) -> str:
+        """``delta`` carrying the entries of the tokens whose text is now out (at the end: every entry left, less the
+        tokens a stop string cut away entirely)."""
+        if req.finish_reason is not None:
+            if req.finish_reason == "stop":
+                req.logprobs = [e for e in req.logprobs if e.offset < len(req.text)]
+            ready = len(req.logprobs)
+        else:
+            ready = req.logprobs_sent
+            while ready < len(req.logprobs) and req.logprobs[ready].end <= req.emitted:
+                ready += 1
+        entries, req.logprobs_sent = req.logprobs[req.logprobs_sent: ready], max(ready, req.logprobs_sent)
+        return TextDelta(delta, entries) if entries else delta
+
     def _advance(self, req: _Request, token: int, surprise: float | None, config: SamplerConfig) -> str:
         """Record ``token``; decide whether the request is finished; return the text that is now final."""
+        before = req.text
         if token in self.eos_ids:
             req.finish_reason = "eos"
         else:
@@ -442,6 +498,8 @@ class Generator:
                 self._apply_control(req, control)
             visible = req.tokens if req.controls is None else [t for t in req.tokens if t not in req.controls]
             req.text = self.tokenizer.decode(visible, skip_special_tokens=True)
+            if req.step_logprobs is not None and control is None and not self.token_texts.is_hidden(token):
+                self._record_logprob(req, token, before)
             if req.stop:
                 start = max(0, req.emitted - max(len(s) for s in req.stop))
                 hits = [i for s in req.stop if (i := req.text.find(s, start)) >= 0]
@@ -463,6 +521,9 @@ class Generator:
                         break
         delta = req.text[req.emitted: final]
         req.emitted = max(req.emitted, final)
+        if req.top_logprobs is not None:
+            req.step_logprobs = None
+            return self._with_logprobs(req, delta)
         return delta
 
     def _apply_control(self, req: _Request, control: Control) -> None:
@@ -509,3 +570,11 @@ class Generator:
             "elapsed_s": elapsed,
             "tokens_per_s": (forwards - 1) / decode_s if forwards > 1 else None,
         }
+
+
+def _complete_prefix(text: str) -> int:
+    """The length of ``text`` without a trailing incomplete UTF-8 sequence (decoded as U+FFFD)."""
+    end = len(text)
+    while end and text[end - 1] == "\ufffd":
+        end -= 1
+    return end
