@@ -43,6 +43,8 @@ from asymmetry import defaults
 from asymmetry.engine import AUTO, BARE, Answer, AnswerStream, Engine, Plan, Request
 from asymmetry.errors import AsymmetryError, ConfigError
 from asymmetry.sampling.batch import QueueFull
+from asymmetry.sampling.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
+from asymmetry.sampling.logprobs import legacy as legacy_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +201,7 @@ class SamplingBody(_Body):
 class ChatBody(SamplingBody):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    top_logprobs: int | None = None
+    top_logprobs: Any = None  # checked by _logprobs_asked (a bool is not a count)
     response_format: ResponseFormat | None = None
 
 
@@ -224,9 +226,7 @@ def _sampler_overrides(body: SamplingBody, cap: int) -> dict[str, Any]:
     if body.n != 1:
         raise APIError(400, f"n={body.n}: this server returns one choice per request; send n=1 (or omit it)",
                        param="n", code="unsupported_value")
-    if body.logprobs not in (None, False, 0):
-        raise APIError(400, "logprobs are not returned by this server: omit logprobs", param="logprobs",
-                       code="unsupported_value")
+    logprobs = _logprobs_asked(body)
     max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
     if max_tokens is not None and max_tokens > cap:
         param = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
@@ -243,9 +243,41 @@ def _sampler_overrides(body: SamplingBody, cap: int) -> dict[str, Any]:
         "repeat_penalty": body.repeat_penalty,
     }
     out = {k: v for k, v in fields.items() if v is not None}
+    if logprobs is not None:
+        out["logprobs"] = logprobs  # alternatives per token (sampling/logprobs.py)
     if body.temperature is not None and body.temperature > 0:
         out["greedy"] = False  # an expert that decodes greedily by default samples when asked for a temperature
     return out
+
+
+def _logprobs_asked(body: SamplingBody) -> int | None:
+    """Alternatives per token the request asks for, None for no log-probabilities. Chat: ``logprobs: true`` and
+    ``top_logprobs`` 0-20; completions: ``logprobs`` 0-5 (the legacy field is the count)."""
+    def count(name: str, value: Any, most: int, fix: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+            raise APIError(400, f"{name}={json.dumps(value)} is out of range: use an integer from 0 to {most}{fix}",
+                           param=name, code="invalid_value")
+        return value
+
+    if not isinstance(body, ChatBody):
+        return None if body.logprobs in (None, False) else count("logprobs", body.logprobs, 5, ", or omit it")
+    if body.logprobs not in (None, True, False):
+        raise APIError(400, f"logprobs={json.dumps(body.logprobs)}: use true or false (the number of alternatives "
+                       "per token goes in top_logprobs, 0 to 20)", param="logprobs", code="invalid_value")
+    if body.top_logprobs is None:
+        return 0 if body.logprobs else None
+    if body.logprobs is not True:
+        raise APIError(400, "top_logprobs needs \"logprobs\": true: add it, or omit top_logprobs",
+                       param="top_logprobs", code="invalid_value")
+    return count("top_logprobs", body.top_logprobs, MAX_TOP_LOGPROBS, " alternatives per token")
+
+
+def _logprobs_field(entries: list[TokenLogprob] | None, asked: bool, chat: bool) -> dict[str, Any] | None:
+    """A choice's ``logprobs``: chat ``{content: [...]}``, completions the legacy shape; None when not asked."""
+    if not asked:
+        return None
+    entries = entries or []
+    return {"content": [e.to_openai() for e in entries]} if chat else legacy_logprobs(entries)
 
 
 def _text_of(message: Message, where: str) -> str:
@@ -265,9 +297,6 @@ def _text_of(message: Message, where: str) -> str:
 def _chat_request(body: ChatBody, cap: int) -> Request:
     """messages -> question (the last user message) + history (the earlier turns; system messages kept)."""
     sampler = _sampler_overrides(body, cap)
-    if body.top_logprobs:
-        raise APIError(400, "top_logprobs are not returned by this server: omit them", param="top_logprobs",
-                       code="unsupported_value")
     fmt = body.response_format
     if fmt is not None and fmt.type != "text":
         if body.grammar is not None:
@@ -598,8 +627,9 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
                 answer = await srv.run_to_end(stream, http)
                 srv.metrics.answered(answer)
                 srv.metrics.ttft.observe(time.perf_counter() - t0)  # the whole answer is its first text
-            choice = ({"index": 0, "message": {"role": "assistant", "content": answer.text}, "logprobs": None}
-                      if chat else {"index": 0, "text": answer.text, "logprobs": None})
+            logprobs = _logprobs_field(answer.logprobs, "logprobs" in request.sampler, chat)
+            choice = ({"index": 0, "message": {"role": "assistant", "content": answer.text}, "logprobs": logprobs}
+                      if chat else {"index": 0, "text": answer.text, "logprobs": logprobs})
             choice["finish_reason"] = _finish_reason(answer)
             return {**head, "object": kind, "choices": [choice], "usage": _usage(answer),
                     "asymmetry": asymmetry_object(answer)}
@@ -612,14 +642,17 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
             admission.__exit__(None, None, None)
             raise
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        asked = "logprobs" in request.sampler
         chunk_kind = kind + ".chunk" if chat else kind
 
         def chunk(delta: str | None, finish: str | None = None, **extra) -> str:
+            # the entries of this delta's tokens (a TextDelta's, sampling/logprobs.py)
+            logprobs = _logprobs_field(getattr(delta, "logprobs", None), asked and delta is not None, chat)
             if chat:
-                choice = {"index": 0, "delta": {} if delta is None else {"content": delta}, "logprobs": None,
+                choice = {"index": 0, "delta": {} if delta is None else {"content": delta}, "logprobs": logprobs,
                           "finish_reason": finish}
             else:
-                choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
+                choice = {"index": 0, "text": delta or "", "logprobs": logprobs, "finish_reason": finish}
             return _sse({**head, "object": chunk_kind, "choices": [choice], **extra})
 
         async def events() -> AsyncIterator[str]:

@@ -16,10 +16,15 @@ join one running batch per base model between decode steps (continuous batching)
 endpoints:
   GET  /v1/models             the experts, auto (the router picks), base (the bare default base), the embedder
   POST /v1/chat/completions   messages, stream, max_tokens/max_completion_tokens, temperature, top_p, seed, stop,
-                              n=1, response_format (json_object/json_schema), stream_options.include_usage
-  POST /v1/completions        a raw prompt continued as it is (no template, no retrieval)
+                              n=1, response_format (json_object/json_schema), stream_options.include_usage,
+                              logprobs (true) with top_logprobs (0-20)
+  POST /v1/completions        a raw prompt continued as it is (no template, no retrieval); logprobs (0-5)
   POST /v1/embeddings         the shared all-MiniLM-L6-v2 embedder
   GET  /health, GET /metrics  liveness; Prometheus metrics
+
+logprobs are the model's log-softmax for each generated token after CFG/mixture combination and before penalties,
+grammar, temperature and truncation (the distribution the sampler starts from, not the truncated one it draws
+from): greedy decoding without penalties picks the top alternative. Special and control tokens never appear.
 
 extension body fields: mirostat, mirostat_tau, mirostat_eta, cfg_scale, negative_prompt, grammar (GBNF), min_p,
 top_k, repeat_penalty, retrieval (bool), k, mixture. Responses carry an "asymmetry" object (expert, confidence,
