@@ -4,6 +4,8 @@ and in a continuous batch each request gets its own entries while a request that
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 
@@ -95,6 +97,8 @@ def test_streamed_entries_equal_the_whole_and_a_stop_string_keeps_the_cut_token(
     deltas = list(stream)
     assert all(isinstance(d, TextDelta) for d in deltas)
     assert [e.token for d in deltas for e in d.logprobs] == [e.token for e in stream.result.logprobs]
+    again = pickle.loads(pickle.dumps(deltas[0]))  # a delta crossing a process boundary (serve --ray) keeps them
+    assert isinstance(again, TextDelta) and again == deltas[0] and again.logprobs == deltas[0].logprobs
     whole = stream.result.text
     long = next(e for e in stream.result.logprobs if len(e.token.strip()) >= 6)
     cut = long.offset + 3  # a stop string that starts inside a token: that token is the last entry
