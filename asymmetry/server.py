@@ -25,9 +25,9 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 import anyio.to_thread
@@ -104,9 +104,16 @@ class APIError(Exception):
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
         self.headers = headers
 
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
     def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+    def fields(self) -> dict[str, Any]:
+        """Plain fields (to cross a process boundary): ``APIError(**error.fields())`` rebuilds it."""
+        return {"status": self.status, "message": self.message, "type_": self.type, "param": self.param,
+                "code": self.code, "headers": self.headers}
 
 
 TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "function-after", "json-or-python"}
@@ -120,7 +127,7 @@ def _from_validation(exc: ValidationError) -> APIError:
     return APIError(400, f"invalid {param}: {err.get('msg')}", param=param, code="invalid_value")
 
 
-def _from_engine(exc: AsymmetryError, request: Request | None = None) -> APIError:
+def from_engine_error(exc: AsymmetryError, request: Request | None = None) -> APIError:
     if isinstance(exc, QueueFull):
         return APIError(429, str(exc), "rate_limit_error", code="queue_full")
     if isinstance(exc, ConfigError):
@@ -361,7 +368,7 @@ def _finish_reason(answer: Answer) -> str:
 class Metrics:
     """The server's Prometheus metrics, in a registry of its own (several apps may live in one process)."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self):
         self.registry = r = CollectorRegistry()
         self.requests = Counter("asymmetry_requests", "HTTP requests by endpoint and status",
                                 ["endpoint", "status"], registry=r)
@@ -377,8 +384,11 @@ class Metrics:
         self.running = Gauge("asymmetry_running_requests", "requests in a running batch", registry=r)
         self.in_flight = Gauge("asymmetry_in_flight_requests", "requests being planned, waiting or decoded",
                                registry=r)
-        self.queue_depth.set_function(lambda: engine.batch_stats()["waiting"])
-        self.running.set_function(lambda: engine.batch_stats()["running"])
+
+    def batch(self, stats: dict[str, int]) -> None:
+        """The batch gauges from the backend's batch state (read when /metrics is scraped)."""
+        self.queue_depth.set(stats.get("waiting", 0))
+        self.running.set(stats.get("running", 0))
 
     def on_step(self, rows: int, requests: int) -> None:
         self.batch_rows.observe(rows)
@@ -389,6 +399,107 @@ class Metrics:
         self.generated_tokens.labels(answer.expert).inc(int(answer.stats.get("completion_tokens") or 0))
 
 
+# -- backends: where planned requests are decoded --------------------------------------------------------------------
+
+
+class Reply(Protocol):
+    """One request being decoded: iterate for its text deltas (errors arrive as :class:`APIError`), then read
+    ``answer`` (``None`` or ``interrupted`` when it was cancelled); ``cancel()`` stops it from any task."""
+
+    request: Request
+    answer: Answer | None
+
+    def __aiter__(self) -> AsyncIterator[str]: ...
+
+    def cancel(self) -> None: ...
+
+
+class Backend(Protocol):
+    """What the HTTP layer decodes with. ``engine`` answers what needs no base model (the config, the expert names,
+    the embedder); :meth:`open` plans a request and starts decoding it, raising :class:`APIError`."""
+
+    engine: Engine
+
+    async def startup(self, settings: ServerSettings, on_step: Callable[[int, int], None]) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+    async def open(self, request: Request) -> Reply: ...
+
+    async def health(self) -> dict[str, Any]:
+        """``{"batch": {"waiting", "running", "rows", ...}}`` and anything else worth showing on /health."""
+        ...
+
+
+def open_stream(engine: Engine, request: Request, retry_after_s: int) -> AnswerStream:
+    """Plan ``request`` (embedding, routing, retrieval, prompt) and start decoding it; errors become APIErrors.
+    Blocking: call it from a worker thread."""
+    try:
+        plan: Plan = engine.plan(request)
+        if plan.notice and "longer than the context" in plan.notice:
+            raise APIError(400, f"{plan.notice}: shorten the prompt or lower max_tokens",
+                           param="prompt" if request.raw else "messages", code="context_length_exceeded")
+        return engine.stream(plan)
+    except QueueFull as exc:
+        raise APIError(429, str(exc), "rate_limit_error", code="queue_full",
+                       headers={"Retry-After": str(retry_after_s)}) from exc
+    except AsymmetryError as exc:
+        raise from_engine_error(exc, request) from exc
+
+
+class LocalReply:
+    """An :class:`AnswerStream` of this process, its deltas read in worker threads."""
+
+    def __init__(self, stream: AnswerStream):
+        self.stream, self.request = stream, stream.plan.request
+
+    @property
+    def answer(self) -> Answer | None:
+        return self.stream.answer
+
+    def cancel(self) -> None:
+        self.stream.cancel()
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        it = iter(self.stream)
+        try:
+            while True:
+                try:
+                    delta = await anyio.to_thread.run_sync(next, it, None, abandon_on_cancel=True)
+                except AsymmetryError as exc:  # decoding failed (e.g. the stages filtered out every token)
+                    raise from_engine_error(exc, self.request) from exc
+                if delta is None:
+                    return
+                yield delta
+        finally:
+            if self.stream.answer is None:  # left early (a client that disconnected): free its rows
+                self.stream.cancel()
+
+
+class LocalBackend:
+    """Decode in this process: the engine's continuous batching, one running batch per pooled base."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.retry_after_s = 2
+
+    async def startup(self, settings: ServerSettings, on_step: Callable[[int, int], None]) -> None:
+        self.retry_after_s = settings.retry_after_s
+        self.engine.start_batching(max_rows=settings.max_batch, max_waiting=settings.max_waiting, on_step=on_step)
+        if settings.preload:
+            await anyio.to_thread.run_sync(preload, self.engine)
+
+    async def shutdown(self) -> None:
+        self.engine.stop_batching()
+
+    async def open(self, request: Request) -> Reply:
+        stream = await anyio.to_thread.run_sync(open_stream, self.engine, request, self.retry_after_s)
+        return LocalReply(stream)
+
+    async def health(self) -> dict[str, Any]:
+        return {"batch": self.engine.batch_stats()}
+
+
 # -- the app ---------------------------------------------------------------------------------------------------------
 
 
@@ -397,11 +508,11 @@ def _sse(data: Any) -> str:
 
 
 class _Server:
-    """The handlers' shared state: the engine, the settings, the metrics, the admission count."""
+    """The handlers' shared state: the backend (and its engine), the settings, the metrics, the admission count."""
 
-    def __init__(self, engine: Engine, settings: ServerSettings):
-        self.engine, self.settings = engine, settings
-        self.metrics = Metrics(engine)
+    def __init__(self, backend: Backend, settings: ServerSettings):
+        self.backend, self.engine, self.settings = backend, backend.engine, settings
+        self.metrics = Metrics()
         self.in_flight = 0
         self.created = int(time.time())
 
@@ -438,62 +549,50 @@ class _Server:
         return {"Retry-After": str(self.settings.retry_after_s)}
 
     # -- one decoded request -----------------------------------------------------------------------------------------
-    async def start(self, request: Request) -> AnswerStream:
-        """Plan (in a worker thread: embedding, routing, retrieval) and join the batch; errors become APIErrors."""
+    async def start(self, request: Request) -> Reply:
+        """Plan and join the batch (the backend's); errors are APIErrors."""
         if isinstance(request.sampler, dict) and "max_tokens" not in request.sampler:  # the config's, within the cap
             cap = min(self.settings.max_tokens_cap, self.engine.config.sampler.max_tokens)
             request = dataclasses.replace(request, sampler={**request.sampler, "max_tokens": cap})
-        try:
-            plan: Plan = await anyio.to_thread.run_sync(self.engine.plan, request)
-            if plan.notice and "longer than the context" in plan.notice:
-                raise APIError(400, f"{plan.notice}: shorten the prompt or lower max_tokens",
-                               param="prompt" if request.raw else "messages", code="context_length_exceeded")
-            return await anyio.to_thread.run_sync(self.engine.stream, plan)
-        except QueueFull as exc:
-            raise APIError(429, str(exc), "rate_limit_error", code="queue_full", headers=self._retry()) from exc
-        except AsymmetryError as exc:
-            raise _from_engine(exc, request) from exc
+        return await self.backend.open(request)
 
-    async def run_to_end(self, stream: AnswerStream, http: HTTPRequest) -> Answer:
+    async def run_to_end(self, reply: Reply, http: HTTPRequest) -> Answer:
         """Decode to the end; a client that disconnects meanwhile cancels its rows."""
         async with anyio.create_task_group() as tg:
             async def watch() -> None:
                 while True:
                     await anyio.sleep(0.25)
                     if await http.is_disconnected():
-                        stream.cancel()
+                        reply.cancel()
                         return
 
             tg.start_soon(watch)
             error = None
             try:
-                await anyio.to_thread.run_sync(stream.text, abandon_on_cancel=True)
-            except AsymmetryError as exc:  # decoding failed (e.g. the stages filtered out every token)
+                async for _ in reply:
+                    pass
+            except APIError as exc:  # decoding failed (e.g. the stages filtered out every token)
                 error = exc
             finally:
                 tg.cancel_scope.cancel()
         if error is not None:
-            raise _from_engine(error, stream.plan.request)
-        if stream.answer is None or stream.answer.interrupted:
+            raise error
+        if reply.answer is None or reply.answer.interrupted:
             raise APIError(499, "the client closed the request", code="client_closed_request")
-        return stream.answer
+        return reply.answer
 
-    async def deltas(self, stream: AnswerStream, t0: float) -> AsyncIterator[str]:
-        """The stream's text deltas; leaving early (a client that disconnects) cancels its rows."""
-        it = iter(stream)
+    async def deltas(self, reply: Reply, t0: float) -> AsyncIterator[str]:
+        """The reply's text deltas; leaving early (a client that disconnects) cancels its rows."""
         first = True
         try:
-            while True:
-                delta = await anyio.to_thread.run_sync(next, it, None, abandon_on_cancel=True)
-                if delta is None:
-                    return
+            async for delta in reply:
                 if first:
                     self.metrics.ttft.observe(time.perf_counter() - t0)
                     first = False
                 yield delta
         finally:
-            if stream.answer is None:
-                stream.cancel()
+            if reply.answer is None:
+                reply.cancel()
 
 
 class Guard:
@@ -534,23 +633,22 @@ class Guard:
 ENDPOINTS = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 
-def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAPI:
-    """The ASGI app over ``engine``. Its lifespan starts continuous batching (and preloads), and stops it."""
+def create_app(engine: Engine, settings: ServerSettings | None = None, *, backend: Backend | None = None) -> FastAPI:
+    """The ASGI app over ``engine``. Its lifespan starts the backend (by default :class:`LocalBackend`: continuous
+    batching in this process) and preloads, and stops it. Another backend (``asymmetry/serve_ray.py``) decodes
+    elsewhere behind the same routes, validation and error objects."""
     settings = settings or ServerSettings()
-    srv = _Server(engine, settings)
+    backend = backend if backend is not None else LocalBackend(engine)
+    srv = _Server(backend, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        limiter = anyio.to_thread.current_default_thread_limiter()
-        limiter.total_tokens = max(limiter.total_tokens, 2 * (settings.max_batch + settings.max_waiting) + 8)
-        engine.start_batching(max_rows=settings.max_batch, max_waiting=settings.max_waiting,
-                              on_step=srv.metrics.on_step)
-        if settings.preload:
-            await anyio.to_thread.run_sync(_preload, engine)
+        widen_thread_limit(settings)
+        await backend.startup(settings, srv.metrics.on_step)
         try:
             yield
         finally:
-            engine.stop_batching()
+            await backend.shutdown()
 
     app = FastAPI(title="asymmetry", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = srv
@@ -589,10 +687,12 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "batch": engine.batch_stats(), "in_flight": srv.in_flight}
+        state = await backend.health()
+        return {"status": "ok", **state, "in_flight": srv.in_flight}
 
     @app.get("/metrics")
     async def metrics():
+        srv.metrics.batch((await backend.health())["batch"])
         return PlainTextResponse(generate_latest(srv.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
@@ -623,8 +723,8 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
         head = {"id": rid, "created": created, "model": body.model}
         if not body.stream:
             with srv.admitted():
-                stream = await srv.start(request)
-                answer = await srv.run_to_end(stream, http)
+                reply = await srv.start(request)
+                answer = await srv.run_to_end(reply, http)
                 srv.metrics.answered(answer)
                 srv.metrics.ttft.observe(time.perf_counter() - t0)  # the whole answer is its first text
             logprobs = _logprobs_field(answer.logprobs, "logprobs" in request.sampler, chat)
@@ -637,7 +737,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
         admission = srv.admitted()
         admission.__enter__()
         try:
-            stream = await srv.start(request)
+            reply = await srv.start(request)
         except BaseException:
             admission.__exit__(None, None, None)
             raise
@@ -662,14 +762,12 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
                         {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                          "finish_reason": None}]})
                 try:
-                    async for delta in srv.deltas(stream, t0):
+                    async for delta in srv.deltas(reply, t0):
                         yield chunk(delta)
-                except AsymmetryError as exc:
-                    err = _from_engine(exc, request)
-                    yield _sse({"error": {"message": err.message, "type": err.type, "param": err.param,
-                                          "code": err.code}})
+                except APIError as err:  # decoding failed after the stream began: an error event ends it
+                    yield _sse(err.body())
                     return
-                answer = stream.answer
+                answer = reply.answer
                 if answer is None or answer.interrupted:
                     return
                 srv.metrics.answered(answer)
@@ -710,14 +808,22 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
     return app
 
 
-def _preload(engine: Engine) -> None:
+def preload(engine: Engine, experts: list[str] | None = None) -> None:
     """Load what the first request would: the embedder, the router, the retriever (building the default index on
-    first use), and every expert on the default expert's base (its adapters attached)."""
+    first use), and ``experts`` (default: every expert on the default expert's base), their adapters attached."""
     _ = engine.embedder.model, engine.router, engine.retriever
-    default = engine.experts.get(engine.experts.default) if engine.experts.default else None
-    for name in engine.experts.names():
-        if default is None or engine.experts.get(name).base == default.base:
-            engine.expert(name)
+    if experts is None:
+        default = engine.experts.get(engine.experts.default) if engine.experts.default else None
+        experts = [name for name in engine.experts.names()
+                   if default is None or engine.experts.get(name).base == default.base]
+    for name in experts:
+        engine.expert(name)
+
+
+def widen_thread_limit(settings: ServerSettings) -> None:
+    """Room in anyio's worker threads for every request a batch may hold (each waits in a thread for its deltas)."""
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    limiter.total_tokens = max(limiter.total_tokens, 2 * (settings.max_batch + settings.max_waiting) + 8)
 
 
 def serve(engine: Engine, settings: ServerSettings, *, log_level: str = "info", access_log: bool = False) -> None:

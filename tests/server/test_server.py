@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -173,6 +177,9 @@ def test_errors_are_openai_error_objects(client, url):
         assert exc.value.body["type"] == "invalid_request_error" and exc.value.body["message"]
     r = httpx.post(url + "/v1/chat/completions", json={"model": "general", "messages": [{"role": "robot"}]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages.0.role"
+
+
+def test_a_prompt_longer_than_the_context_is_a_400(client):
     with pytest.warns(UserWarning), pytest.raises(openai.BadRequestError) as exc:
         ask(client, "word " * 3000)
     assert exc.value.body["code"] == "context_length_exceeded" and exc.value.body["param"] == "messages"
@@ -278,45 +285,50 @@ def test_serve_help_lists_the_endpoints():
         assert word in text, word
 
 
-@pytest.mark.slow
-def test_sigterm_stops_the_server_cleanly(tmp_path):
-    """``asymmetry serve`` in a subprocess: SIGTERM while a stream is being decoded shuts the app down (lifespan
-    shutdown: the batches stop) within its shutdown timeout, and the stream ends rather than hanging."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
+def signal_during_a_stream(tmp_path, sig: int, *serve_args: str, start_s: float = 120) -> tuple[int, float, str, str]:
+    """``asymmetry serve SERVE_ARGS`` (the small line-up, a free loopback port; never $RAY_ADDRESS) in a subprocess:
+    once a stream is being decoded, send ``sig``. Returns the exit status, the seconds from the signal to the exit,
+    the output and the server's URL."""
     config = tmp_path / "small.toml"
     config.write_text('[experts]\nlineup = "small"\n', encoding="utf-8")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen([sys.executable, "-m", "asymmetry", "--config", str(config), "serve", "--port", str(port),
-                             "--no-preload", "--shutdown-timeout", "2"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                             *serve_args], env={**env, "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + start_s
         while True:
             assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                if httpx.get(url + "/health", timeout=5).status_code == 200:
                     break
             time.sleep(0.2)
         counting = {"model": "general", "prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 400, "stream": True}
         with httpx.stream("POST", url + "/v1/completions", json=counting, timeout=120) as response:
             lines = response.iter_lines()
             assert next(line for line in lines if line.startswith("data:"))  # decoding has begun
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(sig)
             t0 = time.monotonic()
             with contextlib.suppress(httpx.HTTPError):
                 for _ in lines:
                     pass
-        # uvicorn re-raises the signal once it has shut down, so the exit status is "terminated by SIGTERM"
-        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
-        assert time.monotonic() - t0 < 30
-        assert "Application shutdown complete" in proc.stdout.read()
+        status = proc.wait(timeout=90)
+        return status, time.monotonic() - t0, proc.stdout.read(), url
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_server_cleanly(tmp_path):
+    """``asymmetry serve`` in a subprocess: SIGTERM while a stream is being decoded shuts the app down (lifespan
+    shutdown: the batches stop) within its shutdown timeout, and the stream ends rather than hanging."""
+    status, seconds, out, _ = signal_during_a_stream(tmp_path, signal.SIGTERM, "--no-preload", "--shutdown-timeout", "2")
+    # uvicorn re-raises the signal once it has shut down, so the exit status is "terminated by SIGTERM"
+    assert status in (0, -signal.SIGTERM)
+    assert seconds < 30
+    assert "Application shutdown complete" in out
