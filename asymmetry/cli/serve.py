@@ -6,6 +6,7 @@ import argparse
 import os
 
 from asymmetry.engine import Engine
+from asymmetry.serve_ray import serve_on_ray
 from asymmetry.server import ServerSettings, serve
 
 DESCRIPTION = """\
@@ -31,7 +32,13 @@ top_k, repeat_penalty, retrieval (bool), k, mixture. Responses carry an "asymmet
 sources, sampler stats); a stream sends it with its last chunk.
 
 Binds 127.0.0.1 by default; another address needs --api-key (or $ASYMMETRY_API_KEY). Ctrl-C/SIGTERM stops
-accepting, gives in-flight requests --shutdown-timeout seconds, cancels the rest and exits."""
+accepting, gives in-flight requests --shutdown-timeout seconds, cancels the rest and exits.
+
+--ray: the same server as a Ray Serve application (pip install -e '.[ray]'), on $RAY_ADDRESS or a private local
+Ray: an ingress deployment (this HTTP layer: the same routes, errors and options; routing, embeddings) and one
+deployment per base model, each replica holding that base and attaching its experts' adapters on demand
+(serve.multiplexed by model name); --ray-replicas replicas per base, --ray-cpus CPUs each (a GPU each when the
+cluster has GPUs); --max-batch and --max-waiting apply per replica. Ctrl-C/SIGTERM shuts Ray Serve down."""
 
 
 def register(sub) -> None:
@@ -55,6 +62,11 @@ def register(sub) -> None:
                    help="seconds in-flight requests get to finish at Ctrl-C/SIGTERM (default 10)")
     p.add_argument("--no-preload", action="store_true",
                    help="start at once; load the router, index and models on the first request")
+    p.add_argument("--ray", action="store_true",
+                   help="serve as a Ray Serve application: one deployment per base model, experts multiplexed")
+    p.add_argument("--ray-replicas", type=int, default=1, metavar="N", help="--ray: replicas per base model (default 1)")
+    p.add_argument("--ray-cpus", type=float, default=1.0, metavar="C",
+                   help="--ray: CPUs per replica (default 1; a GPU each instead when the cluster has GPUs)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -63,5 +75,8 @@ def cmd_serve(args) -> int:
                               max_waiting=args.max_waiting, max_tokens_cap=args.max_tokens_cap,
                               max_body_bytes=args.max_body_bytes, preload=not args.no_preload,
                               shutdown_timeout_s=args.shutdown_timeout)
+    if args.ray:
+        serve_on_ray(args.cfg, settings, replicas=args.ray_replicas, cpus=args.ray_cpus)
+        return 0
     serve(Engine(args.cfg), settings, access_log=args.verbose)
     return 0
