@@ -51,26 +51,38 @@ def start(engine: Engine, max_batch: int):
     return server, thread, f"http://127.0.0.1:{port}"
 
 
-def one(client, i: int, max_tokens: int) -> dict:
+def one(client, i: int, max_tokens: int, model: str | None = None, system: str | None = None,
+        extra_body: dict | None = None) -> dict:
+    """Request ``i`` (question ``i``, expert ``i`` in turn unless ``model`` names one), streamed; its text, time to
+    first token, generated tokens and batch statistics. Another server (``server_anchor.py``'s llama.cpp) gets the
+    expert's ``system`` prompt as a message and its own ``extra_body``; its tokens are ``max_tokens`` when it stopped
+    at the length, else its content chunks (one token each)."""
     t0 = time.perf_counter()
-    ttft, text, final = None, [], None
+    ttft, text, final, finish = None, [], None, None
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]})
     for chunk in client.chat.completions.create(
-            model=EXPERTS[i % len(EXPERTS)], messages=[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
-            max_tokens=max_tokens, temperature=0, stream=True, extra_body={"retrieval": False}):
+            model=model or EXPERTS[i % len(EXPERTS)], messages=messages, max_tokens=max_tokens, temperature=0,
+            stream=True, extra_body={"retrieval": False} if extra_body is None else extra_body):
         if chunk.choices and chunk.choices[0].delta.content:
             ttft = ttft or time.perf_counter() - t0
             text.append(chunk.choices[0].delta.content)
         if chunk.choices and chunk.choices[0].finish_reason:
-            final = chunk.model_extra["asymmetry"]["stats"]
+            finish = chunk.choices[0].finish_reason
+            final = (chunk.model_extra or {}).get("asymmetry", {}).get("stats")
+    if final is None:  # not our server: no batch statistics
+        final = {"completion_tokens": max_tokens if finish == "length" else len(text)}
     return {"text": "".join(text), "ttft": ttft, "tokens": final["completion_tokens"],
             "rows": final.get("max_batch_rows", 1), "shared": final.get("shared_steps", 0)}
 
 
-def round_of(client, c: int, max_tokens: int, concurrent: bool) -> tuple[float, list[dict]]:
+def round_of(client, c: int, max_tokens: int, concurrent: bool, **request) -> tuple[float, list[dict]]:
+    """Requests 0..c-1 one after another or all at once; the wall time and each request's result (``request``: the
+    keywords of :func:`one`)."""
     results: list[dict | None] = [None] * c
     t0 = time.perf_counter()
     if concurrent:
-        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, one(client, i, max_tokens)))
+        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, one(client, i, max_tokens, **request)))
                    for i in range(c)]
         for t in threads:
             t.start()
@@ -78,8 +90,14 @@ def round_of(client, c: int, max_tokens: int, concurrent: bool) -> tuple[float, 
             t.join()
     else:
         for i in range(c):
-            results[i] = one(client, i, max_tokens)
+            results[i] = one(client, i, max_tokens, **request)
     return time.perf_counter() - t0, results
+
+
+def ttft_percentiles(results: list[dict]) -> tuple[float, float]:
+    """Time to first token p50 and p95 of a round's results, in seconds."""
+    ttfts = sorted(r["ttft"] for r in results if r["ttft"] is not None)
+    return round(statistics.median(ttfts), 3), round(ttfts[min(len(ttfts) - 1, int(0.95 * len(ttfts)))], 3)
 
 
 def main() -> None:
@@ -105,12 +123,11 @@ def main() -> None:
             batch_s, batched = round_of(client, c, args.max_tokens, concurrent=True)
             serial_tps = sum(r["tokens"] for r in serial) / serial_s
             batch_tps = sum(r["tokens"] for r in batched) / batch_s
-            ttfts = sorted(r["ttft"] for r in batched if r["ttft"] is not None)
+            p50, p95 = ttft_percentiles(batched)
             row = {
                 "concurrency": c, "serial_tokens_per_s": round(serial_tps, 2),
                 "concurrent_tokens_per_s": round(batch_tps, 2), "ratio": round(batch_tps / serial_tps, 2),
-                "ttft_p50_s": round(statistics.median(ttfts), 3),
-                "ttft_p95_s": round(ttfts[min(len(ttfts) - 1, int(0.95 * len(ttfts)))], 3),
+                "ttft_p50_s": p50, "ttft_p95_s": p95,
                 "max_batch_rows": max(r["rows"] for r in batched),
                 "same_text_as_serial": sum(a["text"] == b["text"] for a, b in zip(serial, batched)),
                 "serial_s": round(serial_s, 2), "concurrent_s": round(batch_s, 2),
