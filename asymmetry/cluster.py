@@ -41,7 +41,7 @@ def connect(num_cpus: int | None = None, *, object_store_mb: int | None = None) 
         return ray
     address = os.environ.get("RAY_ADDRESS") or "local"
     kwargs: dict[str, Any] = {"address": address, "log_to_driver": False, "include_dashboard": False,
-                              "configure_logging": True, "logging_level": logging.WARNING}
+                              "configure_logging": False}
     if address == "local":
         if num_cpus is not None:
             kwargs["num_cpus"] = num_cpus
@@ -49,6 +49,8 @@ def connect(num_cpus: int | None = None, *, object_store_mb: int | None = None) 
             kwargs["object_store_memory"] = object_store_mb * 1024 * 1024
     else:
         kwargs.pop("include_dashboard")
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:  # a quiet terminal: Ray's own lines only with --verbose
+        logging.getLogger("ray").setLevel(logging.ERROR)
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:
@@ -82,3 +84,21 @@ def worker_options(per_worker_cpus: float = 1.0) -> dict[str, Any]:
     if int(ray.cluster_resources().get("GPU", 0)):
         return {"num_gpus": 1, "num_cpus": 1}
     return {"num_cpus": per_worker_cpus}
+
+
+def get(ref: Any, what: str) -> Any:
+    """A Ray worker's result; its failure as one line (``what``: the job, e.g. "index build", whose finished parts
+    are kept so the same command resumes). Our own errors raised in a worker come back as they were."""
+    ray = require_ray()
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+        if isinstance(cause, AsymmetryError):
+            raise AsymmetryError(str(cause)) from None
+        raise AsymmetryError(f"a Ray worker of the {what} failed ({type(cause).__name__}: "
+                             f"{str(cause).splitlines()[0] if str(cause) else ''}): fix the cause and rerun the same "
+                             "command; finished work is kept") from None
+    except ray.exceptions.RayActorError as exc:
+        raise AsymmetryError(f"a Ray worker of the {what} died ({str(exc).splitlines()[0]}): rerun the same command "
+                             "(finished work is kept); if it dies again, give the workers more memory") from None

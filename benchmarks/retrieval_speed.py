@@ -26,10 +26,10 @@ from asymmetry import defaults
 from asymmetry.atomic import atomic_write_json
 from asymmetry.datasets import load_squad
 from asymmetry.embedder import Embedder
-from asymmetry.index.build import embed_passages
 from asymmetry.index.chunking import chunk_articles
 from asymmetry.index.corpus import open_corpus
 from asymmetry.index.manifest import default_index_dir, read_manifest
+from asymmetry.index.shards import embed_passages
 from asymmetry.retrieval import RetrievalConfig, Retriever
 
 

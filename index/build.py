@@ -31,7 +31,6 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -40,115 +39,25 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from asymmetry.atomic import atomic_path, atomic_write_json, atomic_write_text
+from asymmetry.atomic import atomic_write_json
+from asymmetry.cluster import require_ray
 from asymmetry.embedder import Embedder, embedding_model_name
 from asymmetry.errors import AsymmetryError
 from asymmetry.index import manifest as mf
-from asymmetry.index.chunking import Chunk, ChunkingConfig, chunk_articles
+from asymmetry.index.chunking import ChunkingConfig, chunk_articles
 from asymmetry.index.config import IndexConfig
 from asymmetry.index.corpus import Corpus, open_corpus
+from asymmetry.index.distributed import embed_shards_ray
 from asymmetry.index.faiss_index import choose_index_type, create_index
 from asymmetry.index.lexical import LEXICAL_SPEC, bm25_tokenize
 from asymmetry.index.prebuilt import embed_with_prebuilt
+from asymmetry.index.shards import batched, embed_passages, save_shard, shard_done, shard_paths
 from asymmetry.index.store import write_store
-from asymmetry.integrity import sha256_file
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SHARD_SIZE = 4096
 TRAIN_SAMPLE = 256 * 1024  # IVF-PQ training vectors (at most)
-
-
-def embed_passages(texts: list[str], embedder: Embedder, batch_size: int = 64, progress=None) -> np.ndarray:
-    """Normalised float32 embeddings (N, D), longest-first in blocks so the progress bar moves while padding stays
-    minimal (sentence-transformers sorts within each call; sorting the whole shard keeps that benefit)."""
-    order = np.argsort([-len(t) for t in texts], kind="stable")
-    out: np.ndarray | None = None  # (N, D), allocated once the first block shows D
-    block = batch_size * 8
-    for start in range(0, len(texts), block):
-        idx = order[start : start + block]
-        vecs = embedder.encode([texts[i] for i in idx], batch_size=batch_size)  # (B, D)
-        if out is None:
-            out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)  # (N, D)
-        out[idx] = vecs
-        if progress is not None:
-            progress.update(len(idx))
-    if out is None:
-        return np.empty((0, embedder.dimension), dtype=np.float32)  # (0, D)
-    return out
-
-
-def _shard_paths(work: Path, i: int) -> tuple[Path, Path]:
-    return work / f"shard-{i:05d}.npy", work / f"shard-{i:05d}.jsonl"
-
-
-def _shard_record_path(work: Path, i: int) -> Path:
-    return work / f"shard-{i:05d}.json"
-
-
-def _save_shard(work: Path, i: int, chunks: list[Chunk], vectors: np.ndarray) -> None:
-    """Vectors, then passages, then the shard's record (its passage count and both files' SHA-256): the record marks
-    a finished shard, and a resumed build reuses the shard only when both files still match it."""
-    npy, jsonl = _shard_paths(work, i)
-    with atomic_path(npy, suffix=".npy") as tmp:
-        np.save(tmp, vectors)  # (B, D)
-    atomic_write_text(jsonl, "".join(json.dumps({"title": c.title, "text": c.text, "url": c.url,
-                                                 "metadata": c.metadata}, ensure_ascii=False) + "\n" for c in chunks))
-    sums = {npy.name: sha256_file(npy), jsonl.name: sha256_file(jsonl)}
-    atomic_write_json(_shard_record_path(work, i), {"passages": len(chunks), "dim": int(vectors.shape[1]), "sha256": sums})
-
-
-def _shard_problem(work: Path, i: int, expected: int) -> str | None:
-    """Why shard ``i`` cannot be reused (None: it is finished and intact, holding ``expected`` passages)."""
-    npy, jsonl = _shard_paths(work, i)
-    try:
-        record = json.loads(_shard_record_path(work, i).read_text(encoding="utf-8"))
-        passages, sums = int(record["passages"]), dict(record["sha256"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return "its record shard-NNNNN.json is missing or damaged"
-    if passages != expected:
-        return f"it holds {passages} passages, this build puts {expected} in it"
-    for f in (npy, jsonl):
-        if not f.is_file():
-            return f"{f.name} is missing"
-        if sha256_file(f) != sums.get(f.name):
-            return f"{f.name} does not match its checksum"
-    try:
-        rows = np.load(npy, mmap_mode="r").shape[0]
-    except (ValueError, OSError):
-        rows = -1
-    with open(jsonl, "rb") as fh:
-        lines = sum(1 for _ in fh)
-    if rows != expected or lines != expected:
-        return f"it holds {rows} vectors and {lines} passages, its record says {expected}"
-    return None
-
-
-def _shard_done(work: Path, i: int, expected: int) -> bool:
-    """True when shard ``i`` is finished and intact. A shard that exists but fails its checks is re-embedded, with
-    a warning naming it; one that was never started (or whose write was cut short) is embedded silently."""
-    npy, jsonl = _shard_paths(work, i)
-    if not (npy.is_file() and jsonl.is_file()):
-        return False
-    problem = _shard_problem(work, i, expected)
-    if problem is None:
-        return True
-    if _shard_record_path(work, i).is_file():
-        log.warning("embedding shard %s is damaged (%s): re-embedding it", npy.with_suffix(""), problem)
-    else:
-        log.info("shard %s has no record (an interrupted write or an older build): embedding it", npy.with_suffix(""))
-    return False
-
-
-def _batched(chunks: Iterator[Chunk], size: int) -> Iterator[list[Chunk]]:
-    batch: list[Chunk] = []
-    for c in chunks:
-        batch.append(c)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def build_spec(corpus_desc: dict, model_name: str, chunking: ChunkingConfig, shard_size: int) -> dict:
@@ -171,12 +80,18 @@ def build_index(
     progress: bool = True,
     *,
     embedder: Embedder | None = None,
+    ray: bool = False,
+    ray_workers: int | None = None,
 ) -> mf.Manifest:
     """Build (or resume, or confirm up to date) the index for ``corpus`` in ``index_dir``; returns its manifest.
 
     ``embedder`` embeds the passages (default: a new :class:`Embedder` of ``embedding_model``, loaded only if a
-    shard needs embedding); when both are given they must name the same model.
+    shard needs embedding); when both are given they must name the same model. ``ray``: embed on a Ray cluster
+    (``$RAY_ADDRESS``, else a local Ray) with ``ray_workers`` embedders (default: one per GPU, else per CPU); the
+    shards and every file are the same as a local build's (:mod:`asymmetry.index.distributed`).
     """
+    if ray:
+        require_ray()  # before anything is read: without Ray, say how to install it
     embedder = _build_embedder(embedder, embedding_model)
     chunking = chunking or ChunkingConfig()
     root = mf.resolve_index_dir(index_dir)
@@ -184,7 +99,7 @@ def build_index(
     source = open_corpus(corpus)
     spec = build_spec(source.describe(), embedder.name, chunking, shard_size)
     job = _Job(source, root, spec, embedder, index_type, index_params, batch_size, shard_size, chunking, rebuild,
-               progress)
+               progress, ray, ray_workers)
     with _build_lock(root):
         return _build_locked(job)
 
@@ -255,6 +170,8 @@ class _Job:
     chunking: ChunkingConfig
     rebuild: bool
     progress: bool
+    ray: bool = False
+    ray_workers: int | None = None
 
     @property
     def work(self) -> Path:
@@ -338,6 +255,8 @@ def _prepare_work_area(work: Path, spec: dict) -> None:
 
 def _embed_shards(job: _Job) -> _Shards:
     """Step 1: stream the corpus, chunk it and embed it into ``shard-NNNNN.{npy,jsonl}``, skipping finished shards."""
+    if job.ray:
+        return _not_empty(job, embed_shards_ray(job, _Shards(), job.ray_workers))
     shards = _Shards()
     resumed = embedded = 0
     started = time.perf_counter()
@@ -349,10 +268,10 @@ def _embed_shards(job: _Job) -> _Shards:
 
     bar = tqdm(desc=f"embedding {job.source.source}", unit=" passages", disable=not job.progress, dynamic_ncols=True)
     try:
-        for i, chunks in enumerate(_batched(chunk_articles(counted_articles(), job.chunking), job.shard_size)):
+        for i, chunks in enumerate(batched(chunk_articles(counted_articles(), job.chunking), job.shard_size)):
             shards.count += 1
             shards.passages += len(chunks)
-            if _shard_done(job.work, i, len(chunks)):
+            if shard_done(job.work, i, len(chunks)):
                 resumed += 1
                 bar.set_postfix_str(f"shard {i}: done earlier, skipped")
                 continue
@@ -362,21 +281,26 @@ def _embed_shards(job: _Job) -> _Shards:
             bar.update(reused)
             embedded += len(chunks) - reused
             shards.reused += reused
-            _save_shard(job.work, i, chunks, vectors)
+            save_shard(job.work, i, chunks, vectors)
             bar.set_postfix_str(f"shard {i} saved")
     finally:
         bar.close()
-    if shards.passages == 0:
-        raise AsymmetryError(
-            f"corpus {job.source.source} yielded no passages ({shards.articles} articles with text): pass a corpus "
-            "with non-empty articles (JSONL/Parquet need title and text; dumps need main-namespace pages)"
-        )
+    _not_empty(job, shards)
     secs = time.perf_counter() - started
     if resumed:
         log.warning("resumed: %d of %d shards were already embedded", resumed, shards.count)
     log.info("embedded %d passages in %.1fs (%.0f passages/s)", embedded, secs, embedded / max(secs, 1e-9))
     if shards.reused:
         log.info("took %d passage vectors from the shipped default-corpus table", shards.reused)
+    return shards
+
+
+def _not_empty(job: _Job, shards: _Shards) -> _Shards:
+    if shards.passages == 0:
+        raise AsymmetryError(
+            f"corpus {job.source.source} yielded no passages ({shards.articles} articles with text): pass a corpus "
+            "with non-empty articles (JSONL/Parquet need title and text; dumps need main-namespace pages)"
+        )
     return shards
 
 
@@ -421,12 +345,12 @@ def _write_faiss(job: _Job, shards: _Shards, out: Path) -> tuple[str, dict, int]
     """The FAISS index over every shard's vectors, written to ``out``; returns (index type, params, D)."""
     import faiss  # heavy: only when an index is assembled
 
-    dim = int(np.load(_shard_paths(job.work, 0)[0], mmap_mode="r").shape[1])
+    dim = int(np.load(shard_paths(job.work, 0)[0], mmap_mode="r").shape[1])
     kind = choose_index_type(shards.passages, job.index_type)
     train = _training_sample(job.work, shards.count, shards.passages) if kind == "ivfpq" else None  # (T, D)
     index, params = create_index(kind, dim, shards.passages, job.index_params, train)
     for i in tqdm(range(shards.count), desc=f"adding to {kind} index", unit=" shards", disable=not job.progress):
-        index.add(np.ascontiguousarray(np.load(_shard_paths(job.work, i)[0]), dtype=np.float32))  # (B, D)
+        index.add(np.ascontiguousarray(np.load(shard_paths(job.work, i)[0]), dtype=np.float32))  # (B, D)
     faiss.write_index(index, str(out))
     return kind, params, dim
 
@@ -462,7 +386,7 @@ def _write_vectors(work: Path, n_shards: int, n: int, dim: int, out: Path) -> No
     vectors = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(n, dim))  # (N, D)
     start = 0
     for i in range(n_shards):
-        block = np.load(_shard_paths(work, i)[0], mmap_mode="r")  # (B, D)
+        block = np.load(shard_paths(work, i)[0], mmap_mode="r")  # (B, D)
         vectors[start: start + len(block)] = block
         start += len(block)
     vectors.flush()
@@ -472,7 +396,7 @@ def _write_vectors(work: Path, n_shards: int, n: int, dim: int, out: Path) -> No
 def _shard_rows(work: Path, n_shards: int):
     pid = 0
     for i in range(n_shards):
-        with open(_shard_paths(work, i)[1], encoding="utf-8") as fh:
+        with open(shard_paths(work, i)[1], encoding="utf-8") as fh:
             for line in fh:
                 rec = json.loads(line)
                 yield pid, rec["title"], rec["text"], rec["url"], rec["metadata"]
@@ -484,7 +408,7 @@ def _training_sample(work: Path, n_shards: int, n: int) -> np.ndarray:
     take = min(n, TRAIN_SAMPLE)
     parts = []
     for i in range(n_shards):
-        vecs = np.load(_shard_paths(work, i)[0], mmap_mode="r")  # (B, D)
+        vecs = np.load(shard_paths(work, i)[0], mmap_mode="r")  # (B, D)
         m = max(1, round(take * len(vecs) / n))
         parts.append(np.asarray(vecs[np.sort(rng.choice(len(vecs), size=min(m, len(vecs)), replace=False))]))
     return np.concatenate(parts)  # (T, D)
@@ -495,7 +419,7 @@ def _build_bm25(work: Path, n_shards: int, out: Path, progress: bool) -> None:
 
     texts = []
     for i in range(n_shards):
-        with open(_shard_paths(work, i)[1], encoding="utf-8") as fh:
+        with open(shard_paths(work, i)[1], encoding="utf-8") as fh:
             texts.extend(f"{r['title']}\n{r['text']}" for r in map(json.loads, fh))
     tokens = bm25_tokenize(texts)  # seconds even for 10^5 passages: no third-party bars
     model = bm25s.BM25(method=LEXICAL_SPEC["method"])

@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from asymmetry import defaults
 from asymmetry.errors import AsymmetryError
@@ -33,16 +34,23 @@ class Article:
 
 @dataclass(frozen=True)
 class CorpusReader:
+    """A reader. ``read`` streams finished articles. A reader whose per-article work is costly (the MediaWiki one
+    cleans wikitext) also gives ``records`` (cheap raw records, in order) and ``finish`` (raw record -> Article or
+    None), so a distributed build reads in one place and finishes in parallel: ``read`` is ``records`` + ``finish``."""
+
     name: str
     suffixes: tuple[str, ...]
     read: Callable[[Path], Iterator[Article]]
     description: str
+    records: Callable[[Path], Iterator[Any]] | None = None
+    finish: Callable[[Any], Article | None] | None = None
 
 
 READERS: dict[str, CorpusReader] = {}
 
 
-def register_reader(name: str, suffixes: tuple[str, ...], description: str):
+def register_reader(name: str, suffixes: tuple[str, ...], description: str,
+                    split: tuple[Callable[[Path], Iterator[Any]], Callable[[Any], Article | None]] | None = None):
     """Decorator adding a reader to :data:`READERS`; duplicate or malformed names and suffixes fail at import."""
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(f"corpus reader name {name!r} must be lower-case letters, digits and underscores")
@@ -54,7 +62,8 @@ def register_reader(name: str, suffixes: tuple[str, ...], description: str):
         raise ValueError(f"corpus reader {name!r}: suffix {min(clash)!r} is already handled by another reader")
 
     def wrap(fn: Callable[[Path], Iterator[Article]]):
-        READERS[name] = CorpusReader(name, tuple(suffixes), fn, description)
+        records, finish = split or (None, None)
+        READERS[name] = CorpusReader(name, tuple(suffixes), fn, description, records, finish)
         return fn
 
     return wrap
@@ -206,9 +215,9 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-@register_reader("mediawiki", (".xml", ".xml.bz2", ".bz2"), "a MediaWiki XML dump, plain or bz2-compressed (streamed)")
-def read_mediawiki(path: Path, min_words: int = 10) -> Iterator[Article]:
-    """Main-namespace articles of a dump; redirects, disambiguation pages and other namespaces are skipped."""
+def mediawiki_pages(path: Path) -> Iterator[tuple[str, str, str]]:
+    """Raw main-namespace pages of a dump as (title, wikitext, page id), in dump order; redirects, disambiguation
+    pages and other namespaces are skipped. Cheap: the costly wikitext cleaning is :func:`finish_page`."""
     pages = 0
     opener = bz2.open if path.name.endswith(".bz2") else open
     with opener(path, "rb") as fh:
@@ -217,10 +226,10 @@ def read_mediawiki(path: Path, min_words: int = 10) -> Iterator[Article]:
                 if _local(elem.tag) != "page":
                     continue
                 pages += 1
-                article = _page_to_article(elem)
+                raw = _page_record(elem)
                 elem.clear()
-                if article is not None and len(article.text.split()) >= min_words:
-                    yield article
+                if raw is not None:
+                    yield raw
         except (EOFError, OSError) as exc:
             raise AsymmetryError(
                 f"{path} is truncated or corrupt ({exc}) after {pages} pages: download the dump again (check its "
@@ -232,7 +241,24 @@ def read_mediawiki(path: Path, min_words: int = 10) -> Iterator[Article]:
             ) from exc
 
 
-def _page_to_article(page: ET.Element) -> Article | None:
+def finish_page(raw: tuple[str, str, str], min_words: int = 10) -> Article | None:
+    """The article of a raw page (wikitext cleaned to plain text), or None when under ``min_words`` words."""
+    title, wikitext, page_id = raw
+    article = Article(title=title, text=wikitext_to_text(wikitext), url=wiki_url(title), metadata={"page_id": page_id})
+    return article if len(article.text.split()) >= min_words else None
+
+
+@register_reader("mediawiki", (".xml", ".xml.bz2", ".bz2"), "a MediaWiki XML dump, plain or bz2-compressed (streamed)",
+                 split=(mediawiki_pages, finish_page))
+def read_mediawiki(path: Path) -> Iterator[Article]:
+    """Main-namespace articles of a dump with at least 10 words of text."""
+    for raw in mediawiki_pages(path):
+        article = finish_page(raw)
+        if article is not None:
+            yield article
+
+
+def _page_record(page: ET.Element) -> tuple[str, str, str] | None:
     fields = {_local(child.tag): child for child in page}
     title = (fields["title"].text or "").strip() if "title" in fields else ""
     ns = (fields["ns"].text or "0").strip() if "ns" in fields else "0"
@@ -246,7 +272,7 @@ def _page_to_article(page: ET.Element) -> Article | None:
     if wikitext.lstrip().upper().startswith("#REDIRECT") or DISAMBIGUATION_TEMPLATES.search(wikitext):
         return None
     page_id = (fields["id"].text or "").strip() if "id" in fields else ""
-    return Article(title=title, text=wikitext_to_text(wikitext), url=wiki_url(title), metadata={"page_id": page_id})
+    return title, wikitext, page_id
 
 
 # ---------------------------------------------------------------------------------------------------------- opening
@@ -260,6 +286,14 @@ class Corpus:
 
     def __iter__(self) -> Iterator[Article]:
         return self.reader.read(self.path)
+
+    def records(self) -> Iterator[Any]:
+        """Raw records in corpus order, each made an Article (or dropped) by :meth:`finish`: the reader's cheap
+        split where it has one, else the articles themselves."""
+        return self.reader.records(self.path) if self.reader.records else iter(self)
+
+    def finish(self, raw: Any) -> Article | None:
+        return self.reader.finish(raw) if self.reader.finish else raw
 
     def describe(self) -> dict:
         stat = self.path.stat()

@@ -86,3 +86,14 @@ def embedder():
     from asymmetry.embedder import Embedder
 
     return Embedder()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray (2 CPUs, a small object store) for the --ray tests, shut down at the end of the session.
+    Ray is part of the test extra, so a missing Ray fails these tests rather than skipping them."""
+    from asymmetry.cluster import connect
+
+    ray = connect(num_cpus=2, object_store_mb=256)
+    yield ray
+    ray.shutdown()

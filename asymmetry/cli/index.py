@@ -43,6 +43,8 @@ def register(sub) -> None:
     b.add_argument("--rebuild", action="store_true",
                    help="replace an existing complete index (it stays usable until the new one is complete)")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_ray_options(b, "embed on a Ray cluster: $RAY_ADDRESS when set, else a local Ray (same shards and files as a "
+                    "local build; a killed build resumes either way)", "embedding workers")
     b.set_defaults(func=_build)
     i = isub.add_parser("info", help="show an index's manifest",
                         description="Show the manifest of an index folder (model, type, passages, corpus, files).")
@@ -51,6 +53,13 @@ def register(sub) -> None:
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.set_defaults(func=_info)
     p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+
+
+def add_ray_options(parser, help_text: str, workers: str) -> None:
+    """--ray and --ray-workers (the optional Ray extra: pip install -e '.[ray]')."""
+    parser.add_argument("--ray", action="store_true", help=help_text + " (needs pip install -e '.[ray]')")
+    parser.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                        help=f"{workers} on Ray (default: one per GPU of the cluster, else one per CPU)")
 
 
 def _build(args) -> int:
@@ -66,6 +75,8 @@ def _build(args) -> int:
         chunking=cfg.chunking(),
         rebuild=args.rebuild,
         progress=not args.no_progress,
+        ray=args.ray,
+        ray_workers=args.ray_workers,
     )
     print(f"index ready in {resolve_index_dir(cfg.index_dir)}: {m.passage_count} passages from "
           f"{m.article_count} articles, {m.index_type} {json.dumps(m.index_params)}, {m.embedding_model}")

@@ -53,7 +53,7 @@ def test_a_damaged_shard_is_re_embedded_with_a_warning(damage, tiny_corpus, tmp_
         (work / "shard-00001.json").unlink()
     else:  # vectors of another shard under this name: right shape, wrong rows
         npy.write_bytes((work / "shard-00002.npy").read_bytes())
-    with caplog.at_level(logging.INFO, logger="asymmetry.index.build"):
+    with caplog.at_level(logging.INFO, logger="asymmetry.index"):
         m = _build(tiny_corpus, root, embedder, rebuild=True)
     if damage == "drop-record":
         assert "shard-00001 has no record" in caplog.text
@@ -160,7 +160,7 @@ def test_a_full_disk_during_a_build_names_the_file_and_keeps_the_shards(tiny_cor
     assert "Traceback" not in proc.stderr
     shards = list((root / ".build").glob("shard-*.npy"))
     assert len(shards) >= 3 and read_manifest(root) is None
-    with caplog.at_level(logging.WARNING, logger="asymmetry.index.build"):
+    with caplog.at_level(logging.WARNING, logger="asymmetry.index"):
         code, _, err = run_cli(argv, capsys)  # the same command once space is freed: it resumes from the shards
     assert code == 0, err
     assert f"resumed: {len(shards)} of" in caplog.text
