@@ -127,14 +127,17 @@ class BaseReplica:
             yield "error", APIError(500, f"the router chose {expert!r} on the replica but {name!r} at the ingress",
                                     "server_error").fields()
             return
-        yield "started", expert
         try:
+            yield "started", expert
             async for delta in reply:
                 yield "delta", delta
+            reply.answer.stats["replica"] = self.replica  # which replica answered (the response's asymmetry.stats)
+            yield "answer", reply.answer
         except APIError as exc:
             yield "error", exc.fields()
-            return
-        yield "answer", reply.answer
+        finally:  # the ingress cancelled the call (its client left): free the rows
+            if reply.answer is None:
+                reply.cancel()
 
     async def stats(self) -> dict[str, Any]:
         return {"replica": self.replica, "experts": list(self.loaded), "batch": (await self.backend.health())["batch"],

@@ -493,8 +493,14 @@ class LocalBackend:
         self.engine.stop_batching()
 
     async def open(self, request: Request) -> Reply:
-        stream = await anyio.to_thread.run_sync(open_stream, self.engine, request, self.retry_after_s)
-        return LocalReply(stream)
+        opened: list[AnswerStream] = []
+        try:
+            await anyio.to_thread.run_sync(lambda: opened.append(open_stream(self.engine, request, self.retry_after_s)))
+        except BaseException:  # cancelled while the thread planned: the stream it opened must not keep its rows
+            if opened:
+                opened[0].cancel()
+            raise
+        return LocalReply(opened[0])
 
     async def health(self) -> dict[str, Any]:
         return {"batch": self.engine.batch_stats()}
@@ -557,24 +563,28 @@ class _Server:
         return await self.backend.open(request)
 
     async def run_to_end(self, reply: Reply, http: HTTPRequest) -> Answer:
-        """Decode to the end; a client that disconnects meanwhile cancels its rows."""
-        async with anyio.create_task_group() as tg:
-            async def watch() -> None:
-                while True:
-                    await anyio.sleep(0.25)
-                    if await http.is_disconnected():
-                        reply.cancel()
-                        return
+        """Decode to the end; a client that disconnects meanwhile (or a cancelled handler) cancels its rows."""
+        try:
+            async with anyio.create_task_group() as tg:
+                async def watch() -> None:
+                    while True:
+                        await anyio.sleep(0.25)
+                        if await http.is_disconnected():
+                            reply.cancel()
+                            return
 
-            tg.start_soon(watch)
-            error = None
-            try:
-                async for _ in reply:
-                    pass
-            except APIError as exc:  # decoding failed (e.g. the stages filtered out every token)
-                error = exc
-            finally:
-                tg.cancel_scope.cancel()
+                tg.start_soon(watch)
+                error = None
+                try:
+                    async for _ in reply:
+                        pass
+                except APIError as exc:  # decoding failed (e.g. the stages filtered out every token)
+                    error = exc
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            if reply.answer is None:
+                reply.cancel()
         if error is not None:
             raise error
         if reply.answer is None or reply.answer.interrupted:

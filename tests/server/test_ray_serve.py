@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import socket
 import sys
+import time
 
 import httpx
 import openai
@@ -130,11 +131,27 @@ def test_serve_help_names_ray_and_a_missing_ray_names_the_install(monkeypatch, c
 
 
 @pytest.mark.slow
-def test_ctrl_c_shuts_asymmetry_serve_ray_down(tmp_path):
-    """``asymmetry serve --ray`` in a subprocess (its own private local Ray): SIGINT while a stream is decoded
-    deletes the application, stops that Ray and exits; nothing listens on the port any more."""
-    status, seconds, out, url = signal_during_a_stream(tmp_path, signal.SIGINT, "--ray", "--no-preload", "--ray-cpus",
-                                                       "0.5", "--shutdown-timeout", "2", start_s=240)
+def test_asymmetry_serve_ray_keeps_an_experts_requests_on_its_replica_and_stops_at_ctrl_c(tmp_path):
+    """``asymmetry serve --ray --ray-replicas 2`` in a subprocess (its own private local Ray): once a replica has
+    loaded an expert, Ray Serve sends that expert's requests to it (multiplexed by model name; two replicas chosen at
+    random would split them). SIGINT while a stream is decoded deletes the application, stops that Ray and exits;
+    nothing listens on the port any more."""
+    replicas: dict[str, list[str]] = {}
+
+    def ask_three_times_each(url: str) -> None:
+        # two replicas of the SmolLM2 deployment exist: /health asks a random one of them each time
+        seen = {httpx.get(url + "/health", timeout=60).json()["bases"][SMOLLM]["replica"] for _ in range(12)}
+        assert len(seen) == 2, seen
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
+        for model in ("science", "commonsense", "science", "commonsense", "science", "commonsense"):
+            r = ask(client, "Name a planet.", model=model, max_tokens=2)
+            replicas.setdefault(model, []).append(r.model_extra["asymmetry"]["stats"]["replica"])
+            time.sleep(0.5)  # the replica reports what it loaded to Serve's routers every 0.1 s
+
+    status, seconds, out, url = signal_during_a_stream(
+        tmp_path, signal.SIGINT, "--ray", "--ray-replicas", "2", "--no-preload", "--ray-cpus", "0.5",
+        "--shutdown-timeout", "2", start_s=300, before=ask_three_times_each)
+    assert all(len(set(ids)) == 1 for ids in replicas.values()), replicas
     assert status == 0 and seconds < 60, out[-2000:]
     assert "shutting down Ray Serve" in out
     with pytest.raises(httpx.ConnectError):

@@ -285,10 +285,11 @@ def test_serve_help_lists_the_endpoints():
         assert word in text, word
 
 
-def signal_during_a_stream(tmp_path, sig: int, *serve_args: str, start_s: float = 120) -> tuple[int, float, str, str]:
+def signal_during_a_stream(tmp_path, sig: int, *serve_args: str, start_s: float = 120,
+                           before=None) -> tuple[int, float, str, str]:
     """``asymmetry serve SERVE_ARGS`` (the small line-up, a free loopback port; never $RAY_ADDRESS) in a subprocess:
-    once a stream is being decoded, send ``sig``. Returns the exit status, the seconds from the signal to the exit,
-    the output and the server's URL."""
+    ``before(url)`` once it answers, then once a stream is being decoded, send ``sig``. Returns the exit status, the
+    seconds from the signal to the exit, the output and the server's URL."""
     config = tmp_path / "small.toml"
     config.write_text('[experts]\nlineup = "small"\n', encoding="utf-8")
     with socket.socket() as s:
@@ -307,6 +308,8 @@ def signal_during_a_stream(tmp_path, sig: int, *serve_args: str, start_s: float 
                 if httpx.get(url + "/health", timeout=5).status_code == 200:
                     break
             time.sleep(0.2)
+        if before is not None:
+            before(url)
         counting = {"model": "general", "prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 400, "stream": True}
         with httpx.stream("POST", url + "/v1/completions", json=counting, timeout=120) as response:
             lines = response.iter_lines()
