@@ -88,8 +88,6 @@ class BaseReplica:
         self.replica = serve.get_replica_context().replica_id.unique_id
         widen_thread_limit(settings)
         await self.backend.startup(dataclasses.replace(settings, preload=False), self._on_step)
-        if settings.preload:  # this base, its experts' adapters, and what planning needs (embedder, router, index)
-            await anyio.to_thread.run_sync(preload, self.engine, self.experts)
 
         async def load_expert(name: str) -> str:
             if name not in self.experts:
@@ -102,6 +100,10 @@ class BaseReplica:
 
         # every expert of the base fits: an adapter is small, and one still used by a running row must stay attached
         self.load_expert = serve.multiplexed(max_num_models_per_replica=len(self.experts))(load_expert)
+        if settings.preload:  # what planning needs (embedder, router, index), then the base and every adapter on it
+            await anyio.to_thread.run_sync(preload, self.engine, [])
+            for name in self.experts:
+                await self.load_expert(name)  # through the multiplexer: Serve's routers learn what this replica holds
 
     def _on_step(self, rows: int, requests: int) -> None:
         self.steps[rows] = self.steps.get(rows, 0) + 1
