@@ -282,6 +282,7 @@ def build_app(config: Config, settings: ServerSettings, *, replicas: int = 1, cp
     if not cpus > 0:
         raise AsymmetryError(f"invalid --ray-cpus {cpus!r}: use a positive number (fractions share a core)")
     groups = base_groups(Engine(config))
+    actor = replica_resources(cpus, replicas * len(groups))
     env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
     runtime = {"runtime_env": {"env_vars": env}} if env else {}
     ongoing = settings.max_batch + settings.max_waiting + 8  # every request the batch may hold, and /health calls
@@ -291,11 +292,27 @@ def build_app(config: Config, settings: ServerSettings, *, replicas: int = 1, cp
     for i, (base, experts) in enumerate(groups.items()):
         deployment = serve.deployment(BaseReplica).options(
             name=deployment_name(i, base), num_replicas=replicas,
-            ray_actor_options={**cluster.worker_options(cpus), **runtime}, **common)
+            ray_actor_options={**actor, **runtime}, **common)
         handles[base] = deployment.bind(config, base, experts, settings)
     ingress = serve.deployment(serve.ingress()(Ingress)).options(
         name=INGRESS, num_replicas=1, ray_actor_options={"num_cpus": 0, **runtime}, **common)
     return ingress.bind(config, settings, handles, groups)
+
+
+def replica_resources(cpus: float, count: int) -> dict[str, float]:
+    """Ray resources of one base replica (``count`` of them in all): ``cpus`` CPUs, and a share of the GPUs when the
+    cluster has any (one GPU each while there are enough, else the GPUs split evenly). Replicas that cannot all fit on
+    a local Ray fail here, rather than wait for resources that never come."""
+    ray = cluster.require_ray()
+    res = ray.cluster_resources()
+    gpus = float(res.get("GPU", 0))
+    if os.environ.get("RAY_ADDRESS") is None and count * cpus > float(res.get("CPU", 0)) + 1e-9:
+        raise AsymmetryError(
+            f"{count} base replica(s) x --ray-cpus {cpus:g} need {count * cpus:g} CPUs, but this Ray has "
+            f"{res.get('CPU', 0):g}: lower --ray-cpus (fractions share a core) or --ray-replicas")
+    if gpus:
+        return {"num_cpus": cpus, "num_gpus": min(1.0, gpus / count)}
+    return {"num_cpus": cpus}
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -305,6 +322,18 @@ def _check_port_free(host: str, port: int) -> None:
             s.bind((host, port))
         except OSError as exc:
             raise AsymmetryError(f"cannot listen on {host}:{port} ({exc.strerror}): pass a free --port") from None
+
+
+def _deploy_failure(serve, exc: Exception) -> str:
+    """The last error line of the failed deployments' messages (the replica's own exception), else ``exc``'s."""
+    text = str(exc)
+    with contextlib.suppress(Exception):
+        app = serve.status().applications[APP_NAME]
+        text = "\n".join([text, *(d.message for d in app.deployments.values() if d.message)])
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    ours = [line for line in lines if "AsymmetryError" in line or "ConfigError" in line]
+    errors = [line for line in lines if "Error" in line]
+    return (ours or errors or lines or [type(exc).__name__])[-1][:400]
 
 
 def _interrupt(signum, frame) -> None:
@@ -328,7 +357,11 @@ def serve_on_ray(config: Config, settings: ServerSettings, *, replicas: int = 1,
         app = build_app(config, settings, replicas=replicas, cpus=cpus)
         say(f"deploying on Ray ({'RAY_ADDRESS' if remote else 'local'}): {INGRESS} + "
             f"{len(base_groups(Engine(config)))} base deployment(s), {replicas} replica(s) each")
-        serve.run(app, name=APP_NAME, route_prefix="/")
+        try:
+            serve.run(app, name=APP_NAME, route_prefix="/")
+        except RuntimeError as exc:  # a replica failed to start (Serve retried it): say why in one line
+            raise AsymmetryError(f"Ray Serve could not deploy the application: {_deploy_failure(serve, exc)} "
+                                 "(replica logs: /tmp/ray/session_latest/logs/serve/)") from None
         say(f"serving on http://{settings.host}:{settings.port}/v1 (Ray Serve; Ctrl-C stops)")
         threading.Event().wait()
     except KeyboardInterrupt:

@@ -118,6 +118,11 @@ def test_a_prompt_longer_than_the_context_is_a_400_from_the_replica(client):
     assert exc.value.body["code"] == "context_length_exceeded" and exc.value.body["param"] == "messages"
 
 
+def test_replicas_that_cannot_fit_on_the_local_ray_fail_at_once(url):
+    with pytest.raises(AsymmetryError, match=r"need 8 CPUs, but this Ray has 2: lower --ray-cpus"):
+        build_app(Config.from_dict(SMALL), ServerSettings(), replicas=2, cpus=2.0)  # 2 bases x 2 replicas x 2 CPUs
+
+
 def test_serve_help_names_ray_and_a_missing_ray_names_the_install(monkeypatch, capsys):
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["serve"]
     text = sub.format_help()
