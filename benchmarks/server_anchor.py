@@ -2,18 +2,20 @@
 llama_cpp.server``, the ``bench`` extra) on the same GGUF file, sent the same requests at each concurrency, in the
 same run as ours, greedy and with CFG on (llama.cpp's server has no CFG).
 
-Our server runs in this process on the line-up's expert (``server_batching.py``'s server, requests and clients; its
-system prompt sent to llama.cpp as a message, retrieval off); llama.cpp's in a subprocess on a free loopback port
-with the same thread count and ``--interrupt_requests False`` (its default cuts a running stream short when another
-request arrives). Its repeat penalty is set to 1 so greedy is plain greedy on both sides. It keeps the KV cache of its
-last prompt and reuses the common prefix (system prompt and template; ours prefills each request whole). At each
-concurrency C the three rounds (llama.cpp, ours greedy, ours with CFG) run back to back, their order rotating with C;
-each round sends requests 0..C-1 at once by C streaming clients. Reported: generated tokens/s of each round, time to
-first token p50/p95, and our ratio to llama.cpp.
+Our server runs in this process on the line-up's expert (``server_batching.py``'s server, requests and clients;
+retrieval off); llama.cpp's in a subprocess on a free loopback port with the same thread count and
+``--interrupt_requests False`` (its default cuts a running stream short when another request arrives). llama.cpp gets
+the system message ours renders (the expert's system prompt and the brief-answer instruction), and a repeat penalty
+of 1 so greedy is plain greedy on both sides. It keeps the KV cache of its last prompt and reuses the common prefix
+(system prompt and template; ours prefills each request whole); an untimed one-token request of another question
+before every round keeps a repeated round from finding its whole prompt there. At each concurrency C the three
+rounds (llama.cpp, ours greedy, ours with CFG) run back to back, their order rotating; each round sends requests
+0..C-1 at once by C streaming clients; ``--repeats`` times. Reported: generated tokens/s of the median round of each
+server (time to first token p50/p95 of that round), and our ratio to llama.cpp.
 
     pip install -e '.[bench]'      # builds llama-cpp-python (see README, Benchmarks)
     python benchmarks/server_anchor.py [--lineup small] [--expert general] [--concurrency 1 4 8 16] [--max-tokens 48]
-        [--threads 2] [--cfg-scale 1.5] [--out benchmarks/results/server_anchor.json]
+        [--threads 2] [--cfg-scale 1.5] [--repeats 3] [--out benchmarks/results/server_anchor.json]
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from server_batching import EXPERTS, QUESTIONS, one, round_of, start, ttft_perce
 
 from asymmetry.atomic import atomic_write_json
 from asymmetry.config import Config
-from asymmetry.engine import Engine
+from asymmetry.engine import BRIEF_INSTRUCTION, Engine
 from asymmetry.experts.base import BUILTIN_BASES, builtin_gguf
 
 
@@ -83,9 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cfg-scale", type=float, default=1.5)
+    ap.add_argument("--repeats", type=int, default=3, help="rounds per server and concurrency; the median is reported")
     ap.add_argument("--out", default="benchmarks/results/server_anchor.json")
     args = ap.parse_args(argv)
     require_llama_cpp()
+    load_start = os.getloadavg()
     EXPERTS[:] = [args.expert]
     torch.set_num_threads(args.threads)
     engine = Engine(Config.from_dict({"experts": {"lineup": args.lineup}}))
@@ -100,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     ours = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=1800)
     theirs = openai.OpenAI(base_url=llama_url + "/v1", api_key="unused", max_retries=0, timeout=1800)
     rounds = {
-        "llama.cpp": (theirs, {"model": "gguf", "system": spec.system_prompt, "extra_body": {"repeat_penalty": 1.0}}),
+        # our prompt without retrieval: the expert's system prompt followed by the brief-answer instruction
+        "llama.cpp": (theirs, {"model": "gguf", "system": f"{spec.system_prompt} {BRIEF_INSTRUCTION}",
+                               "extra_body": {"repeat_penalty": 1.0}}),
         "ours": (ours, {}),
         "ours_cfg": (ours, {"extra_body": {"retrieval": False, "cfg_scale": args.cfg_scale}}),
     }
@@ -110,12 +116,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         names = list(rounds)
         for n, c in enumerate(args.concurrency):
-            row = {"concurrency": c}
-            for name in names[n % len(names):] + names[:n % len(names)]:
-                client, request = rounds[name]
-                wall_s, results = round_of(client, c, args.max_tokens, concurrent=True, **request)
-                row[name] = summary(name, wall_s, results)
-                row[name]["texts"] = [r["text"] for r in results]
+            runs: dict[str, list[dict]] = {name: [] for name in names}
+            for rep in range(args.repeats):
+                k = (n + rep) % len(names)
+                for name in names[k:] + names[:k]:
+                    client, request = rounds[name]
+                    one(client, len(QUESTIONS) - 1, 1, **request)  # untimed: llama.cpp's cache holds no prompt of the round
+                    wall_s, results = round_of(client, c, args.max_tokens, concurrent=True, **request)
+                    runs[name].append(summary(name, wall_s, results) | {"texts": [r["text"] for r in results]})
+            row = {"concurrency": c, "repeats": args.repeats}
+            for name, done in runs.items():  # the median round by tokens/s, and every round's rate
+                done.sort(key=lambda d: d["tokens_per_s"])
+                row[name] = done[len(done) // 2] | {"all_tokens_per_s": [d["tokens_per_s"] for d in done]}
             for name in ("ours", "ours_cfg"):
                 row[f"ratio_{name}_vs_llama_cpp"] = round(row[name]["tokens_per_s"] / row["llama.cpp"]["tokens_per_s"], 2)
             row["same_greedy_text"] = sum(a == b for a, b in zip(row["ours"]["texts"], row["llama.cpp"]["texts"]))
@@ -137,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['ours']['ttft_p50_s']:.2f} / {r['ours_cfg']['ttft_p50_s']:.2f} s |")
     atomic_write_json(args.out, {"lineup": args.lineup, "expert": args.expert, "base": spec.base, "gguf": str(gguf),
                                  "max_tokens": args.max_tokens, "threads": args.threads, "cfg_scale": args.cfg_scale,
-                                 "load_average_end": os.getloadavg(), "rows": rows}, indent=1)
+                                 "load_average_start": load_start, "load_average_end": os.getloadavg(), "rows": rows}, indent=1)
     return 0
 
 
