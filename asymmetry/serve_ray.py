@@ -116,18 +116,19 @@ class BaseReplica:
         name = serve.get_multiplexed_model_id()
         try:
             await self.load_expert(name)
-            reply = await self.backend.open(request)
+            reply = await self.backend.open(request)  # ``auto`` is routed again here: its confidence, its mixture
+            expert = reply.stream.plan.expert.name
+            if expert not in self.experts:  # a near tie the ingress's router broke the other way: take its choice
+                reply.cancel()
+                reply = await self.backend.open(dataclasses.replace(request, expert=name))
+                expert = name
+            if expert != name:  # another expert of this base (a near tie): registered with the multiplexer too
+                await self.load_expert(expert)
         except AsymmetryError as exc:
             yield "error", from_engine_error(exc, request).fields()
             return
         except APIError as exc:
             yield "error", exc.fields()
-            return
-        expert = reply.stream.plan.expert.name
-        if expert != name:  # the ingress routed ``auto`` with the same embedder and router: they must agree
-            reply.cancel()
-            yield "error", APIError(500, f"the router chose {expert!r} on the replica but {name!r} at the ingress",
-                                    "server_error").fields()
             return
         try:
             yield "started", expert
@@ -273,7 +274,8 @@ class Ingress:
 
 def build_app(config: Config, settings: ServerSettings, *, replicas: int = 1, cpus: float = 1.0):
     """The Ray Serve application: the ingress bound to one deployment per base (``replicas`` replicas each, with
-    ``cpus`` CPUs, or a GPU each when the cluster has GPUs). Call after :func:`asymmetry.cluster.connect`."""
+    ``cpus`` CPUs and a share of the GPUs when the cluster has any: :func:`replica_resources`). Call after
+    :func:`asymmetry.cluster.connect`."""
     cluster.require_ray()
     from ray import serve
 
