@@ -31,19 +31,21 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from asymmetry.atomic import atomic_write_json
+from asymmetry.cluster import require_ray
 from asymmetry.config import Config, EvalConfig
 from asymmetry.datasets import QA_DATASETS, QAItem, is_named_qa_set, load_qa
 from asymmetry.engine import AUTO, BARE, Answer, Engine, Plan, Request, sampler_with
 from asymmetry.errors import AsymmetryError
 from asymmetry.eval.answers import PRIMARY_METRIC, qa_metrics, score_answer
 from asymmetry.eval.baseline import VARIANTS, closed_messages, hf_generate, passages_messages, system_name
+from asymmetry.eval.distributed import map_blocks
 from asymmetry.eval.plot import plot_qa_by_expert
 from asymmetry.experts import PooledBase
 from asymmetry.integrity import read_jsonl_log
@@ -303,25 +305,43 @@ def _settings(engine: Engine, qa: QAInput, n: int, expert: str, retrieval: bool,
     }
 
 
-def _baseline_bases(engine: Engine, baseline: str | None, names: Sequence[str] | None) -> dict[str, PooledBase]:
-    """The pooled bare bases the baseline runs on (loaded now, through the engine's pool: no second copy)."""
+def _baseline_names(engine: Engine, baseline: str | None, names: Sequence[str] | None) -> list[str]:
+    """The names of the bare bases the baseline runs on (checked, not loaded)."""
     if baseline is None:
         if names:
             raise AsymmetryError("--baseline-bases needs --baseline hf: add it, or drop --baseline-bases")
-        return {}
+        return []
     if baseline not in BASELINES:
         raise AsymmetryError(f"unknown baseline {baseline!r}: use one of {', '.join(BASELINES)}")
     if names is not None and not [n for n in names if n]:
         raise AsymmetryError("--baseline-bases is empty: name bases, e.g. smollm2,qwen2.5-coder-1.5b")
-    chosen = list(dict.fromkeys(n for n in names if n)) if names is not None else \
+    return list(dict.fromkeys(n for n in names if n)) if names is not None else \
         list(dict.fromkeys(e.base for e in engine.experts))
-    placement = engine.experts.placement
-    return {name: engine.pool.base(name, placement) for name in chosen}
 
 
-def _chunks(items: list[QAItem], size: int) -> Iterable[list[QAItem]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def load_bases(engine: Engine, names: Sequence[str]) -> dict[str, PooledBase]:
+    """The pooled bare bases ``names`` (loaded now, through the engine's pool: no second copy)."""
+    return {name: engine.pool.base(name, engine.experts.placement) for name in names}
+
+
+def answer_items(engine: Engine, items: Sequence[QAItem], expert: str, retrieval: bool, overrides: Mapping[str, Any],
+                 bases: Mapping[str, PooledBase], variants: Sequence[str], plan_batch: int) -> Iterator[list[dict]]:
+    """Plan ``items`` ``plan_batch`` at a time and answer them one by one, yielding each question's record (in a
+    list: a Ray worker runs this on its block of questions)."""
+    for i in range(0, len(items), plan_batch):
+        chunk = items[i : i + plan_batch]
+        plans = engine.plan_many([Request(question=it.question, expert=expert, retrieval=retrieval,
+                                          sampler=dict(overrides)) for it in chunk])
+        for item, plan in zip(chunk, plans):
+            yield [answer_record(engine, plan, item, bases, variants)]
+
+
+def answer_block(engine: Engine, items: list[QAItem], expert: str, retrieval: bool, overrides: dict[str, Any],
+                 base_names: list[str], variants: Sequence[str], plan_batch: int) -> tuple[list[dict], dict[str, float]]:
+    """A Ray worker's share: (the records of ``items``, no stage timings)."""
+    bases = load_bases(engine, base_names)
+    return [r for batch in answer_items(engine, items, expert, retrieval, overrides, bases, variants, plan_batch)
+            for r in batch], {}
 
 
 def run_qa(
@@ -342,13 +362,20 @@ def run_qa(
     overwrite: bool = False,
     progress: bool = True,
     plot: bool = True,
+    ray: bool = False,
+    ray_workers: int | None = None,
 ) -> dict[str, Any]:
     """Answer and score a QA set, write the outputs into ``out_dir`` and return the report dict.
+
+    ``ray``: the questions are split across ``ray_workers`` Ray actors, each holding the pipeline once
+    (:mod:`asymmetry.eval.distributed`); the outputs are the same as a local run's.
 
     ``sampler``: sampler fields over ``[eval] qa_sampler`` (which sets them over the config and each expert's
     defaults). ``engine`` plans and decodes (pass one to share its loaded models); by default one is made from
     ``config``.
     """
+    if ray:
+        require_ray()  # before anything is read or written: without Ray, say how to install it
     engine = engine or Engine(config)
     cfg = cfg or engine.config.eval
     retrieval = cfg.retrieval if retrieval is None else bool(retrieval)
@@ -364,7 +391,7 @@ def run_qa(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise AsymmetryError(f"--out {out} is a file: pass a folder (it is created when missing)")
-    bases = _baseline_bases(engine, baseline, baseline_bases)
+    bases = _baseline_names(engine, baseline, baseline_bases)
     variants = VARIANTS if retrieval else ("closed",)
     systems = [OURS] + [system_name(b, v) for b in bases for v in variants]
     settings = _settings(engine, qa, len(items), expert, retrieval, overrides, baseline, list(bases))
@@ -374,22 +401,25 @@ def run_qa(
     todo = [it for it in items if it.id not in done]
     answered = len(items) - len(todo)
     right = sum(done[it.id]["contains"] for it in items if it.id in done)
-    bar = tqdm(total=len(items), initial=len(items) - len(todo), unit="q", desc="eval qa", disable=not progress,
-               dynamic_ncols=True)
+    if ray:
+        batches = map_blocks(engine.config, answer_block, todo, cfg.batch_size,
+                             (expert, retrieval, dict(overrides), list(bases), variants, cfg.batch_size), ray_workers, {})
+    else:
+        batches = answer_items(engine, todo, expert, retrieval, overrides, load_bases(engine, bases), variants,
+                               cfg.batch_size)
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), unit="q", desc="eval qa" + (" on Ray" if ray else ""),
+               disable=not progress, dynamic_ncols=True)
     with open(out / PREDICTIONS, "a", encoding="utf-8") as fh:
-        for chunk in _chunks(todo, cfg.batch_size):
-            plans = engine.plan_many([Request(question=it.question, expert=expert, retrieval=retrieval,
-                                              sampler=dict(overrides)) for it in chunk])
-            for item, plan in zip(chunk, plans):
-                rec = answer_record(engine, plan, item, bases, variants)
+        for records in batches:
+            for rec in records:
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-                done[item.id] = rec
+                done[rec["id"]] = rec
                 answered += 1
                 right += rec["contains"]
-                bar.update(1)
-                bar.set_postfix({PRIMARY_METRIC: f"{right / answered:.3f}"})
+            fh.flush()
+            os.fsync(fh.fileno())
+            bar.update(len(records))
+            bar.set_postfix({PRIMARY_METRIC: f"{right / answered:.3f}"})
     bar.close()
     timings = {"answered_this_run": float(len(todo)), "seconds_this_run": round(time.perf_counter() - t_start, 3)}
     records = [done[it.id] for it in items]

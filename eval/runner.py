@@ -21,7 +21,7 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from asymmetry.atomic import atomic_write_json
+from asymmetry.cluster import require_ray
 from asymmetry.config import Config, EvalConfig
 from asymmetry.engine import AUTO, BARE, Engine, Plan, Request
 from asymmetry.errors import AsymmetryError
+from asymmetry.eval.distributed import map_blocks
 from asymmetry.eval.mcfile import MCRow, read_mc_csv, write_submission
 from asymmetry.eval.metrics import PRIMARY_METRIC, average_precision_at_k, mc_metrics
 from asymmetry.eval.plot import plot_accuracy_by_expert
@@ -197,37 +199,52 @@ def _open_run(out: Path, settings: dict, resume: bool, overwrite: bool) -> dict[
     return done
 
 
-def _score(prepared: list[Prepared], cfg: EvalConfig, batch_size: int, done: dict[str, dict], pred_path: Path,
-           source: str, bar) -> float:
-    """Score every prepared question, appending each batch to the predictions log; returns seconds spent."""
+def score_rows(engine: Engine, rows: list[MCRow], cfg: EvalConfig, retrieval: bool, expert: str, batch_size: int,
+               source: str, timings: dict[str, float]) -> Iterator[list[dict[str, Any]]]:
+    """Plan and score ``rows``, yielding the predictions records batch by batch (a Ray worker runs this on its block
+    of questions); adds each stage's seconds to ``timings``."""
+    prepared = _prepare(engine, rows, cfg, retrieval, expert, timings) if rows else []
+    timings.setdefault("score", 0.0)
+    for batch in _batches(prepared, batch_size):
+        model = batch[0].plan.model
+        names = [p.plan.model.row_name for p in batch]
+        t0 = time.perf_counter()
+        results = score_batch(
+            model.model, model.tokenizer, [p.prefix for p in batch], [p.options for p in batch],
+            normalize=cfg.normalize, cfg_scale=cfg.cfg_scale, unconditional_prefix=[p.unconditional for p in batch],
+            adapter_names=names if names[0] is not None else None, lock=model.lock,
+        )
+        timings["score"] += time.perf_counter() - t0
+        yield [_record(p, res, source) for p, res in zip(batch, results)]
+
+
+def score_block(engine: Engine, rows: list[MCRow], cfg: EvalConfig, retrieval: bool, expert: str, batch_size: int,
+                source: str) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """A Ray worker's share: (the records of ``rows``, the seconds per stage)."""
+    timings: dict[str, float] = {}
+    return [r for batch in score_rows(engine, rows, cfg, retrieval, expert, batch_size, source, timings)
+            for r in batch], timings
+
+
+def _write(batches: Iterable[list[dict[str, Any]]], cfg: EvalConfig, done: dict[str, dict], pred_path: Path,
+           bar) -> None:
+    """Append each batch of records to the predictions log (fsynced), updating the bar's running MAP@3."""
     answered = [d for d in done.values() if d.get("answer")]
     ap_sum = sum(average_precision_at_k(d["ranked"], d["answer"], cfg.top) for d in answered)
     n_ans = len(answered)
-    t_score = 0.0
     with open(pred_path, "a", encoding="utf-8") as fh:
-        for batch in _batches(prepared, batch_size):
-            model = batch[0].plan.model
-            names = [p.plan.model.row_name for p in batch]
-            t0 = time.perf_counter()
-            results = score_batch(
-                model.model, model.tokenizer, [p.prefix for p in batch], [p.options for p in batch],
-                normalize=cfg.normalize, cfg_scale=cfg.cfg_scale, unconditional_prefix=[p.unconditional for p in batch],
-                adapter_names=names if names[0] is not None else None, lock=model.lock,
-            )
-            t_score += time.perf_counter() - t0
-            for p, res in zip(batch, results):
-                rec = _record(p, res, source)
+        for records in batches:
+            for rec in records:
                 fh.write(json.dumps(rec) + "\n")
-                done[p.row.id] = rec
-                if p.row.answer:
+                done[rec["id"]] = rec
+                if rec["answer"]:
                     n_ans += 1
-                    ap_sum += average_precision_at_k(rec["ranked"], p.row.answer, cfg.top)
+                    ap_sum += average_precision_at_k(rec["ranked"], rec["answer"], cfg.top)
             fh.flush()
             os.fsync(fh.fileno())
-            bar.update(len(batch))
+            bar.update(len(records))
             if n_ans:
                 bar.set_postfix({"map@3": f"{ap_sum / n_ans:.3f}"})
-    return t_score
 
 
 def run_mc(
@@ -246,11 +263,17 @@ def run_mc(
     progress: bool = True,
     compare: Iterable[str | os.PathLike] = (),
     plot: bool = True,
+    ray: bool = False,
+    ray_workers: int | None = None,
 ) -> dict[str, Any]:
     """Score an MC CSV file, write submission/report/plot into ``out_dir`` and return the report dict.
 
     ``engine`` plans every question (pass one to share its loaded models); by default one is made from ``config``.
+    ``ray``: the questions are split across ``ray_workers`` Ray actors, each holding the pipeline once
+    (:mod:`asymmetry.eval.distributed`); the outputs are the same as a local run's.
     """
+    if ray:
+        require_ray()  # before anything is read or written: without Ray, say how to install it
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise AsymmetryError(f"--out {out} is a file: pass a folder (it is created when missing)")
@@ -274,15 +297,19 @@ def run_mc(
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     todo = [r for r in rows if r.id not in done]
-    prepared = _prepare(engine, todo, cfg, retrieval, expert, timings) if todo else []
-    bar = tqdm(total=len(rows), initial=len(rows) - len(todo), unit="q", desc="eval mc", disable=not progress,
-               dynamic_ncols=True)
-    timings["score"] = _score(prepared, cfg, batch_size, done, out / PREDICTIONS, path.stem, bar)
+    if ray:
+        batches = map_blocks(config, score_block, todo, batch_size, (cfg, retrieval, expert, batch_size, path.stem),
+                             ray_workers, timings)
+    else:
+        batches = score_rows(engine, todo, cfg, retrieval, expert, batch_size, path.stem, timings)
+    bar = tqdm(total=len(rows), initial=len(rows) - len(todo), unit="q", desc="eval mc" + (" on Ray" if ray else ""),
+               disable=not progress, dynamic_ncols=True)
+    _write(batches, cfg, done, out / PREDICTIONS, bar)
     bar.close()
     timings["total"] = time.perf_counter() - t_start
     records = [done[r.id] for r in rows]
     write_submission([(r["id"], r["ranked"][: cfg.top]) for r in records], out / "submission.csv")
-    report = build_report(records, settings, timings, n_scored=len(prepared), top=cfg.top)
+    report = build_report(records, settings, timings, n_scored=len(todo), top=cfg.top)
     atomic_write_json(out / "report.json", report)  # strict JSON: undefined metrics are null
     if plot:
         reports = [report] + [load_report(c) for c in compare]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from asymmetry.cli.index import add_ray_options
 from asymmetry.config import override
 from asymmetry.datasets import QA_PARTS
 from asymmetry.errors import AsymmetryError
@@ -14,6 +15,9 @@ from asymmetry.eval.qa import OURS, run_qa
 from asymmetry.eval.runner import run_mc
 from asymmetry.sampling.cli import add_sampler_arguments, sampler_config_from_args
 from asymmetry.sampling.config import SamplerConfig
+
+RAY_HELP = ("split the questions across workers on a Ray cluster: $RAY_ADDRESS when set, else a local Ray; the "
+            "outputs (and --resume) are those of a local run")
 
 
 def register(sub) -> None:
@@ -59,6 +63,7 @@ def register(sub) -> None:
                    help="earlier run folder to draw beside this one in the plot (repeatable)")
     m.add_argument("--json", action="store_true", help="print the report as JSON")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_ray_options(m, RAY_HELP, "workers (each holds the pipeline once)")
     m.set_defaults(func=_mc)
 
     _register_qa(esub)
@@ -84,7 +89,7 @@ def _mc(args) -> int:
     report = run_mc(
         args.file, args.out, cfg, config=args.cfg, limit=args.limit, retrieval=False if args.no_retrieval else None,
         expert=args.expert, resume=args.resume, overwrite=args.overwrite,
-        progress=not args.no_progress, compare=args.compare,
+        progress=not args.no_progress, compare=args.compare, ray=args.ray, ray_workers=args.ray_workers,
     )
     if args.json:
         print(json.dumps(report, indent=1, allow_nan=False))
@@ -161,6 +166,7 @@ def _register_qa(esub) -> None:
                    "configured experts), e.g. smollm2,qwen2.5-coder-1.5b")
     q.add_argument("--json", action="store_true", help="print the report as JSON")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_ray_options(q, RAY_HELP, "workers (each holds the pipeline once)")
     q.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                    help="TOML config file (as 'asymmetry --config FILE'); its [eval] qa_sampler sets the decoding")
     add_sampler_arguments(q)
@@ -217,7 +223,8 @@ def _qa(args) -> int:
         args.input, args.out, args.cfg.eval, config=args.cfg, part=args.part, limit=args.limit,
         retrieval=False if args.no_retrieval else None, expert=args.expert,
         sampler=sampler_overrides(args, args.cfg.sampler), baseline=args.baseline, baseline_bases=bases,
-        resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+        resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, ray=args.ray,
+        ray_workers=args.ray_workers,
     )
     if args.json:
         print(json.dumps(report, indent=1, allow_nan=False))
