@@ -17,6 +17,7 @@ from typing import Any
 from asymmetry.config import Config
 from asymmetry.engine import AUTO, Answer, AnswerStream, Engine, Plan, Request, Source
 from asymmetry.experts import ModelPool
+from asymmetry.sampling.prefix import PromptCache
 
 __all__ = ["Answer", "AnswerStream", "Assistant", "Chat", "Source"]
 
@@ -80,13 +81,19 @@ class Assistant:
 
 
 class Chat:
-    """``chat.say("...")`` answers with the conversation so far; per-call overrides as in :meth:`Assistant.ask`."""
+    """``chat.say("...")`` answers with the conversation so far; per-call overrides as in :meth:`Assistant.ask`.
 
-    def __init__(self, assistant: Assistant, **defaults):
+    The chat keeps the KV cache of its last turn (that prompt and the reply), one per chat: the next turn prefills
+    only what follows the longest prefix its prompt shares with it (``answer.stats["reused_tokens"]``). The prefix
+    is checked token by token and the cache belongs to one model and adapter, so an edited history or another
+    expert reuses only what is really the same. ``kv_reuse=False`` turns it off."""
+
+    def __init__(self, assistant: Assistant, kv_reuse: bool = True, **defaults):
         self.assistant = assistant
         self.defaults = defaults
         self.history: list[dict[str, str]] = []
         self.last_answer: Answer | None = None  # the conversation's last turn (what /sources shows)
+        self.prompt_cache: PromptCache | None = PromptCache() if kv_reuse else None
 
     def __repr__(self) -> str:
         return f"Chat(turns={len(self.history) // 2}, defaults={self.defaults})"
@@ -95,7 +102,7 @@ class Chat:
         """Stream one turn; the turn joins the history when the stream ends (interrupted turns too)."""
         kwargs = {**self.defaults, **overrides, "history": list(self.history)}
         plan = self.assistant.prepare(text, **kwargs)
-        return self.assistant.engine.stream(plan, on_finish=self._remember)
+        return self.assistant.engine.stream(plan, on_finish=self._remember, prompt_cache=self.prompt_cache)
 
     def say(self, text: str, **overrides) -> Answer:
         stream = self.stream(text, **overrides)
@@ -109,3 +116,5 @@ class Chat:
     def reset(self) -> None:
         self.history.clear()
         self.last_answer = None
+        if self.prompt_cache is not None:
+            self.prompt_cache.clear()

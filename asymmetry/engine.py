@@ -46,6 +46,7 @@ from asymmetry.sampling import Branch, Generator, SamplerConfig
 from asymmetry.sampling.batch import BatchRunner
 from asymmetry.sampling.generator import Generation, GenerationStream
 from asymmetry.sampling.logprobs import TokenLogprob
+from asymmetry.sampling.prefix import PromptCache
 from asymmetry.sampling.stages import Mixture
 
 log = logging.getLogger(__name__)
@@ -509,8 +510,11 @@ class Engine:
 
     # -- decoding ----------------------------------------------------------------------------------------------------
 
-    def stream(self, plan: Plan, on_finish: Callable[[Answer], None] | None = None) -> AnswerStream:
-        """Decode a planned request; iterate the returned stream for text, then read its ``answer``."""
+    def stream(self, plan: Plan, on_finish: Callable[[Answer], None] | None = None,
+               prompt_cache: PromptCache | None = None) -> AnswerStream:
+        """Decode a planned request; iterate the returned stream for text, then read its ``answer``.
+        ``prompt_cache``: a conversation's :class:`~asymmetry.sampling.prefix.PromptCache` (see :class:`Chat`);
+        a one-row decode outside the running batch starts from the KV of the prefix it shares with the cache."""
         if not plan.request.decode:
             raise AsymmetryError("this plan was made with decode=False (for scoring): plan it again to generate")
         model = plan.model
@@ -521,7 +525,7 @@ class Engine:
             generation = self._runner(model.base).submit(plan.prompt_ids, plan.sampler, **options)
         else:
             generator = Generator(model.model, model.tokenizer, lock=model.lock)
-            generation = generator.stream(plan.prompt_ids, plan.sampler, **options)
+            generation = generator.stream(plan.prompt_ids, plan.sampler, prompt_cache=prompt_cache, **options)
         return AnswerStream(plan, generation, on_finish, attribute=self.config.assistant.attribute)
 
     # -- continuous batching -----------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from asymmetry.sampling.controls import Control, ControlsConfig, ControlTokens
 from asymmetry.sampling.grammar import GrammarMask, compile_grammar, read_constraint
 from asymmetry.sampling.kernels import SmallBatchLinear, wants_small_batch
 from asymmetry.sampling.logprobs import TextDelta, TokenLogprob, TokenTexts
+from asymmetry.sampling.prefix import PromptCache
 from asymmetry.sampling.stages import BranchCombiner
 
 LOG2 = math.log(2)
@@ -207,17 +208,21 @@ class Generator:
     def generate(self, prompt: str | list[int], config: SamplerConfig | None = None, *,
                  negative_prompt: str | list[int] | None = None, stop: Sequence[str] | None = None,
                  forward_kwargs: dict[str, Any] | None = None, branches: Sequence[Branch] = (),
-                 combiner: BranchCombiner | None = None, row_kwargs: dict[str, Any] | None = None) -> Generation:
+                 combiner: BranchCombiner | None = None, row_kwargs: dict[str, Any] | None = None,
+                 prompt_cache: PromptCache | None = None) -> Generation:
         """Generate a continuation of ``prompt``.
 
         ``negative_prompt`` (or ``config.negative_prompt``) turns on CFG: it runs as a second row of the same
         forward. ``forward_kwargs`` go unchanged to every model forward; ``row_kwargs`` (primary row) and each
         :class:`Branch`'s ``row_kwargs`` become per-row lists (peft's ``adapter_names``). ``combiner`` (e.g.
         :class:`~asymmetry.sampling.stages.Mixture`) runs first in the chain and reads the ``branches`` it names.
+        ``prompt_cache`` (:class:`~asymmetry.sampling.prefix.PromptCache`): on the one-row path, start from the KV
+        of the prefix this prompt shares with the cache's last sequence and leave this sequence's KV in it
+        (``stats["reused_tokens"]``, ``stats["prefill_tokens"]``).
         """
         return self.generate_batch([prompt], config, negative_prompt=negative_prompt, stop=stop,
                                    forward_kwargs=forward_kwargs, branches=branches, combiner=combiner,
-                                   row_kwargs=row_kwargs)[0]
+                                   row_kwargs=row_kwargs, prompt_cache=prompt_cache)[0]
 
     def generate_batch(self, prompts: Sequence[str | list[int]], config: SamplerConfig | None = None, **kw
                        ) -> list[Generation]:
@@ -321,7 +326,8 @@ class Generator:
         return forward_kwargs
 
     def _run(self, prompts: list, config: SamplerConfig, *, negative_prompt=None, stop=None, forward_kwargs=None,
-             branches: Sequence[Branch] = (), combiner: BranchCombiner | None = None, row_kwargs=None):
+             branches: Sequence[Branch] = (), combiner: BranchCombiner | None = None, row_kwargs=None,
+             prompt_cache: PromptCache | None = None):
         if not isinstance(config, SamplerConfig):
             raise AsymmetryError(f"config must be a SamplerConfig, got {type(config).__name__}")
         if not prompts:
@@ -338,11 +344,18 @@ class Generator:
         device = self.device
         single = n_rows == 1
         t0 = time.perf_counter()
+        reuse = prompt_cache if single else None  # one row only: a cache holds one row of one adapter
+        key = self._cache_key(forward_kwargs) if reuse is not None else None
+        reused = 0
         with torch.inference_mode():
             if single:  # the plain path: no mask, no positions
-                input_ids = torch.tensor([rows[0]], device=device)  # (1, T)
+                past, reused = reuse.take(key, rows[0]) if reuse is not None else (None, 0)
+                input_ids = torch.tensor([rows[0][reused:]], device=device)  # (1, T - reused)
                 mask = pos = None
-                logits, cache = self._forward(input_ids, None, None, None, forward_kwargs)
+                logits, cache = self._forward(input_ids, None, None, past, forward_kwargs)
+                fed = list(rows[0])  # the ids whose KV the cache holds
+                if reuse is not None:
+                    reuse.keep(key, fed, cache)
             else:
                 input_ids, mask, pos = left_pad(rows, self.pad_id, device)  # (N, L) each
                 logits, cache = self._forward(input_ids, mask, pos, None, forward_kwargs)
@@ -377,12 +390,24 @@ class Generator:
                 if not single:
                     mask = torch.cat([mask, mask.new_ones(n_rows, 1)], dim=1)  # (N, T)
                     pos = pos + 1  # (N, 1)
+                if reuse is not None:
+                    reuse.drop()  # the forward grows the cache it holds
                 with SmallBatchLinear() if small else contextlib.nullcontext():
                     logits, cache = self._forward(ids_in, mask, pos, cache, forward_kwargs)
                 forwards += 1
+                if reuse is not None:
+                    fed.append(int(step_ids[0, 0]))
+                    reuse.keep(key, fed, cache)
         elapsed = time.perf_counter() - t0
-        return [Generation(req.text, list(req.tokens), self._stats(req, seed, n_rows, forwards, t_prefill, elapsed),
+        prefilled = sum(len(r) for r in rows) - reused
+        return [Generation(req.text, list(req.tokens),
+                           {**self._stats(req, seed, n_rows, forwards, t_prefill, elapsed),
+                            "prefill_tokens": prefilled, "reused_tokens": reused},
                            req.logprob_entries()) for req in requests]
+
+    def _cache_key(self, forward_kwargs: dict[str, Any]) -> tuple:
+        """What a reusable KV cache was computed with: this model and the forward kwargs (the row's adapter)."""
+        return id(self.model), repr(sorted(forward_kwargs.items()))
 
     def _prefill_step(self, step_ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,
                       pending: dict[int, list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
