@@ -7,8 +7,12 @@ import io
 import itertools
 import json
 import logging
+import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 
 import faiss
 import numpy as np
@@ -121,3 +125,30 @@ def test_ray_build_without_ray_says_how_to_install_it(monkeypatch, small_corpus,
     err = capsys.readouterr().err
     assert rc != 0 and "pip install -e '.[ray]'" in err and "Traceback" not in err
     shutil.rmtree(tmp_path / "cli", ignore_errors=True)
+
+
+@pytest.mark.slow  # a real process with its own local Ray, killed; then the rerun on the session's Ray
+def test_a_killed_ray_build_process_resumes_on_ray(ray_cluster, small_corpus, embedder, tmp_path, monkeypatch):
+    """SIGKILL a real `asymmetry index build --ray` (its driver and its private Ray) once shards are written; the
+    rerun on Ray keeps every finished shard (not embedded again) and completes the index."""
+    monkeypatch.setenv("ASYMMETRY_PREBUILT_VECTORS", "none")
+    root = tmp_path / "idx"
+    cmd = [sys.executable, "-m", "asymmetry", "index", "build", "--corpus", str(small_corpus), "--index-dir",
+           str(root), "--shard-size", "8", "--no-progress", "--ray", "--ray-workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (root / WORK_DIR / "shard-00001.json").exists():
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "the build never finished a second shard"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (root / "manifest.json").exists()
+    stamps = {p.name: p.stat().st_mtime_ns for p in (root / WORK_DIR).glob("shard-*.json")}
+    assert 2 <= len(stamps) < 9
+    m = build_index(str(small_corpus), root, shard_size=8, progress=False, embedder=embedder, ray=True)
+    for name, stamp in stamps.items():  # finished shards were not embedded again
+        assert (root / WORK_DIR / name).stat().st_mtime_ns == stamp
+    assert m.passage_count == load_manifest(root).passage_count == 65
