@@ -59,6 +59,7 @@ class _Slot:
     rows: list[list[int]]  # the prompt of each of its R rows
     rows_kw: list[dict[str, Any]]  # per-row forward kwargs (e.g. adapter_names)
     seed: int
+    gen: Generator | None = None  # the generator that laid it out: it selects the request's tokens to the end
     events: queue.Queue = field(default_factory=queue.Queue)
     rng: dict[str, torch.Generator] = field(default_factory=dict)
     cancelled: bool = False
@@ -189,10 +190,9 @@ class DecodeBatch:
     def step(self, emit: Callable[[_Slot, str], None]) -> list[_Slot]:
         """Sample one token for every running request, then run one forward over all remaining rows.
         ``emit(slot, delta)`` receives text as it becomes final; returns the requests that finished."""
-        gen = self.gen
         finished: list[_Slot] = []
         for s in self.slots:
-            req = s.req
+            req, gen = s.req, s.gen or self.gen
             try:
                 token, surprise = gen._select(req, s.logits, s.config, s.rng)
             except AsymmetryError as exc:  # this request's stages failed: it alone leaves
@@ -280,7 +280,7 @@ def new_slot(gen: Generator, prompt: str | list[int], config: SamplerConfig, *, 
     seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
     stops = list(config.stop) + list(stop or [])
     rows, rows_kw, (req,) = gen._layout([prompt], config, negative, branches, combiner, row_kwargs, seed, stops)
-    return _Slot(req, config, rows, rows_kw, seed)
+    return _Slot(req, config, rows, rows_kw, seed, gen)
 
 
 class BatchRunner:
@@ -323,7 +323,7 @@ class BatchRunner:
         """Queue one request (options as in :meth:`Generator.generate`). Its prompt, grammar and branches are
         checked here, in the caller's thread, so a bad request fails before it waits."""
         slot = new_slot(self.gen, prompt, config, negative_prompt=negative_prompt, branches=branches,
-                        combiner=combiner, row_kwargs=row_kwargs, stop=stop)
+                        combiner=combiner, row_kwargs=row_kwargs, stop=stop)  # the newest generator
         with self._cond:
             if self._closed:
                 raise AsymmetryError("the batch runner is stopped: the server is shutting down")
@@ -332,6 +332,13 @@ class BatchRunner:
             self._waiting.append(slot)
             self._cond.notify()
         return BatchStream(self, slot)
+
+    def use_generator(self, generator: Generator) -> None:
+        """Lay out the requests submitted from now on with ``generator`` (the engine's, once its base gained the
+        control tokens) and run the batch's forwards through it. Requests already submitted keep the generator that
+        laid them out for selecting their tokens (it draws from the vocabulary they started with)."""
+        with self._cond:
+            self.gen = generator
 
     def _busy(self) -> bool:
         return bool(self.batch.slots) or bool(self._waiting)
@@ -391,8 +398,10 @@ class BatchRunner:
 
     def _step(self, gone: set[_Slot], joining: list[_Slot]) -> None:
         batch = self.batch
+        with self._cond:
+            batch.gen = self.gen
         if self._model_source is not None:
-            self.gen.model = self._model_source()
+            batch.gen.model = self._model_source()
         batch.leave([s for s in batch.slots if s in gone])
         batch.join(joining)
         finished = batch.step(lambda s, delta: s.events.put(("delta", delta)))
@@ -402,7 +411,7 @@ class BatchRunner:
                 s.events.put(("error", s.error))
                 continue
             req = s.req
-            stats = self.gen._stats(req, s.seed, s.n_rows, s.forwards, s.t_prefill, now - s.t_start)
+            stats = s.gen._stats(req, s.seed, s.n_rows, s.forwards, s.t_prefill, now - s.t_start)
             stats.update(queue_s=s.t_start - s.t_submit, shared_steps=s.shared_steps, max_batch_rows=s.max_batch_rows)
             s.events.put(("done", Generation(req.text, list(req.tokens), stats, req.logprob_entries())))
         if self._on_step is not None and batch.slots:

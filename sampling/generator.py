@@ -269,8 +269,10 @@ class Generator:
             ids = self.encode(prompt, "prompt" if len(prompts) == 1 else f"prompt {i}")
             seg_config, seg_negative, first = self._prompt_controls(ids, config, negative)
             cfg_active = self._cfg_active(seg_config, seg_negative)
-            reserve = self.controls is not None and self.controls.config.uses_negative and (
-                first is not None or self.controls.config.generate)
+            # a CFG negative row kept for a rubric a generated control may switch to (only a model that may emit
+            # controls needs it: a prompt control alone sets the whole answer's parameters, rows as it needs)
+            vocab = self.controls.config if self.controls is not None else None
+            reserve = vocab is not None and vocab.uses_negative and vocab.generate
             row0 = len(rows)
             rows.append(ids)
             rows_kw.append(dict(row_kwargs or {}))
@@ -447,6 +449,8 @@ class Generator:
         return out.logits[:, -1, :].float(), output_cache(out, self._cache_kw)  # (N, V)
 
     def _select(self, req: _Request, logits: torch.Tensor, config: SamplerConfig, rng) -> tuple[int, float | None]:
+        if logits.shape[-1] > self.vocab_size:  # the base gained control tokens after this generator was made:
+            logits = logits[:, : self.vocab_size]  # its requests draw from the vocabulary they started with
         scores = logits[req.row0: req.row0 + 1]  # (1, V)
         config = req.config or config
         if req.controls is not None and not req.controls.config.generate:  # an untrained base never emits them

@@ -1,5 +1,6 @@
 """Control tokens that steer the sampler (issue 17): the vocabulary as config data, tokens added to a base, segments,
-the CFG negative switch against a two-pass reference, and control tokens kept out of the text."""
+the CFG negative switch against a two-pass reference, control tokens kept out of the text, and the same in the
+continuous batch the server runs (per row, next to rows without controls)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from asymmetry.config import Config
 from asymmetry.errors import ConfigError
 from asymmetry.sampling import Generator, SamplerConfig
+from asymmetry.sampling.batch import BatchRunner, DecodeBatch, new_slot
 from asymmetry.sampling.controls import ControlsConfig, add_control_tokens
 from asymmetry.sampling.stages import BranchCombiner
 
@@ -161,3 +163,83 @@ def test_control_tokens_never_reach_the_stream(ctl):
     assert recall in out.tokens and text == out.text and "<|" not in text
     assert [s["control"] for s in out.stats["segments"]] == [None, "recall"]
     assert out.stats["segments"][1]["tau"] == 1.5 and "mirostat" in out.stats["stages"]
+
+
+class ForceAndWatch(ForceAt):
+    """ForceAt that also records, at every step, mirostat's target and ``mu`` before the step's token is drawn (it
+    runs first in the chain, and stays first when a control rebuilds the chain)."""
+
+    def __init__(self, prompt_len: int, step: int, token: int):
+        super().__init__(prompt_len, step, token)
+        self.prompt_len, self.req, self.seen = prompt_len, None, []
+
+    def __call__(self, input_ids, scores):
+        m = self.req.chain.mirostat
+        self.seen.append((input_ids.shape[-1] - self.prompt_len, None if m is None else (m.tau, m.mu)))
+        return super().__call__(input_ids, scores)
+
+
+def _run_batch(batch: DecodeBatch, slots: list, join_at: list[int], steps: int = 40) -> dict:
+    """Step ``batch``; slot i joins before step ``join_at[i]``; returns every slot's text as streamed."""
+    texts = {id(s): [] for s in slots}
+    for step in range(steps):
+        batch.join([s for s, at in zip(slots, join_at) if at == step])
+        if not batch.slots:
+            break
+        batch.step(lambda slot, delta: texts[id(slot)].append(str(delta)))
+    assert not batch.slots, "the requests did not finish"
+    return texts
+
+
+def test_batch_rubric_switch_equals_the_request_alone_next_to_a_row_without_controls(ctl):
+    """A generated control that switches the CFG negative re-prefills that row inside the batch's shared forward:
+    greedy, the request gives exactly its solo tokens, and the row without controls beside it gives its own."""
+    model, tok, _ = ctl
+    gen = Generator(model, tok, controls=VOCAB)
+    steered, plain = tok("<|plain|>The sea is")["input_ids"], tok("Once upon a time")["input_ids"]
+    formal, step, n = tid(tok, "formal"), 3, 9
+    config = SamplerConfig(greedy=True, max_tokens=n)
+    solo = gen.generate(steered, config, combiner=ForceAt(len(steered), step, formal))
+    solo_plain = gen.generate(plain, config)
+    runner = BatchRunner(gen, max_rows=8)
+    try:
+        streams = [runner.submit(plain, config), runner.submit(steered, config,
+                                                               combiner=ForceAt(len(steered), step, formal))]
+        chunks = [list(s) for s in streams]
+    finally:
+        runner.close()
+    other, out = (s.result for s in streams)
+    assert out.tokens == solo.tokens and out.tokens[step] == formal and out.text == solo.text
+    assert other.tokens == solo_plain.tokens and other.text == solo_plain.text
+    assert out.stats["shared_steps"] > 0 and out.stats["rows"] == 2
+    assert out.stats["forwards"] == n  # the negative row's re-prefill rode in a per-step forward
+    segs = out.stats["segments"]
+    assert [(s["control"], s["start"], s["end"]) for s in segs] == [("plain", 0, step), ("formal", step + 1, n)]
+    assert [(s["control"], s["start"], s["end"]) for s in other.stats["segments"]] == [(None, 0, len(other.tokens))]
+    assert "".join(chunks[1]) == out.text and not any("<|" in c for c in chunks[0] + chunks[1])
+
+
+def test_batch_tau_control_moves_the_target_and_resets_mu_per_row(ctl):
+    """In the batch, a prompt control sets a row's first segment (mirostat at tau 7, mu 14) and a generated one the
+    next (tau 2, mu back at 4 from the next token on); a row without controls that joins later keeps its output."""
+    model, tok, _ = ctl
+    gen = Generator(model, tok, controls=VOCAB)
+    steered, plain = tok("<|tau=7|>Once upon a time")["input_ids"], tok("The capital of France is")["input_ids"]
+    step, n = 4, 10
+    config, greedy = SamplerConfig(max_tokens=n, seed=5), SamplerConfig(max_tokens=8, temperature=0)
+    solo_plain = gen.generate(plain, greedy)
+    probe = ForceAndWatch(len(steered), step, tid(tok, "tau=2"))
+    slots = [new_slot(gen, steered, config, combiner=probe), new_slot(gen, plain, greedy)]
+    probe.req = slots[0].req
+    texts = _run_batch(DecodeBatch(gen), slots, join_at=[0, 2])
+    req = slots[0].req
+    seen = dict(probe.seen)
+    assert seen[0] == (7.0, 14.0)  # the prompt's control: mirostat's target 7, mu starting at 2 tau
+    assert seen[step + 1] == (2.0, 4.0)  # the generated control: target 2, mu reset to 2 tau
+    assert all(tau == 2.0 for at, (tau, _) in probe.seen if at > step)
+    segs = gen._segments(req)
+    assert [(s["control"], s["start"], s["end"], s["tau"]) for s in segs] == [
+        ("tau=7", 0, step, 7.0), ("tau=2", step + 1, n, 2.0)]
+    assert all(s["mean_surprise_bits"] is not None for s in segs)
+    assert slots[1].req.tokens == solo_plain.tokens and slots[1].req.text == solo_plain.text
+    assert "".join(texts[id(slots[0])]) == req.text and "<|" not in req.text
