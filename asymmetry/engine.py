@@ -7,6 +7,7 @@ Every entry point (``Assistant.ask``/``stream``, ``Chat``, ``asymmetry ask``/``c
     embed the question once ──┬─► route (router or the named expert)
                               └─► retrieve (FAISS [+ BM25]) with the same vector
     expert = pooled base + adapter (chosen per row) ─► pack passages + prompt within the context budget
+    control tokens in the question (``<|recall|>``, ``[controls]``) ─► added to the base's tokenizer once
     sampler config (config ← expert defaults ← request) ─► CFG negative, mixture branch rows
 
 :meth:`Engine.stream` decodes a plan through the sampler and returns an :class:`AnswerStream` that yields text and
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import threading
 import time
 import warnings
@@ -44,6 +46,7 @@ from asymmetry.retrieval.attribution import attribute, citation_suffix, cites
 from asymmetry.router import Route, Router
 from asymmetry.sampling import Branch, Generator, SamplerConfig
 from asymmetry.sampling.batch import BatchRunner
+from asymmetry.sampling.controls import add_control_tokens
 from asymmetry.sampling.generator import Generation, GenerationStream
 from asymmetry.sampling.logprobs import TokenLogprob
 from asymmetry.sampling.prefix import PromptCache
@@ -171,6 +174,7 @@ class Plan:
     mixture: MixturePlan | None = None
     notice: str | None = None  # what was cut to fit the context
     searched: bool = False  # retrieval ran (whether or not it kept any passage)
+    controls: list[str] = field(default_factory=list)  # the control tokens the question and history hold, in order
 
     @property
     def row_kwargs(self) -> dict[str, Any]:
@@ -285,6 +289,12 @@ class Engine:
         self._build_lock = threading.Lock()  # held only while a part is constructed
         self._batching: dict[str, Any] | None = None  # BatchRunner settings once start_batching was called
         self._runners: dict[int, BatchRunner] = {}  # id(pooled base) -> its running batch
+        self._controlled: set[int] = set()  # id(pooled base) of the bases that hold the control tokens
+        vocab = self.config.controls
+        self._control_names = {c.token: c.name for c in vocab.controls}  # empty when [controls] enabled = false
+        self._control_text = (re.compile("|".join(re.escape(t) for t in sorted(self._control_names, key=len,
+                                                                                reverse=True)))
+                              if self._control_names else None)
         default = next((e for e in self.config.experts.specs() if e.name == self.config.experts.default), None)
         self._bare = Expert(name=BARE, description="the default expert's base model, no adapter",
                             base=default.base if default else DEFAULT_BASE, adapter=None, system_prompt=None,
@@ -301,7 +311,7 @@ class Engine:
     def embedder(self) -> Embedder:
         with self._build_lock:
             if self._embedder is None:
-                self._embedder = Embedder(self.config.index.embedding_model)
+                self._embedder = Embedder(self.config.index.embedding_model, backend=self.config.index.embed_backend)
             return self._embedder
 
     @property
@@ -347,8 +357,9 @@ class Engine:
     def plan_many(self, requests: Sequence[Request]) -> list[Plan]:
         """Plan several requests: their questions are embedded and routed in one batch."""
         questions = [self._checked_question(r) for r in requests]
+        contents = [self._without_controls(q) for q in questions]  # what the embedder and the retriever read
         timings = [dict[str, float]() for _ in requests]
-        embeddings = self._embed_step(requests, questions, timings)
+        embeddings = self._embed_step(requests, contents, timings)
         routes = self._route_step(requests, embeddings, timings)
         plans = []
         for i, request in enumerate(requests):
@@ -356,7 +367,7 @@ class Engine:
             t0 = time.perf_counter()
             spec, model = self.expert(name)
             timings[i]["load_expert"] = time.perf_counter() - t0
-            passages = self._retrieve_step(request, questions[i], spec, embeddings[i], timings[i])
+            passages = self._retrieve_step(request, contents[i], spec, embeddings[i], timings[i])
             plan = Plan(request=request, question=questions[i], expert=spec, model=model, confidence=confidence,
                         route=route, embedding=embeddings[i], passages=passages, context="", sources=[],
                         timings=timings[i], searched="retrieve" in timings[i])
@@ -438,6 +449,7 @@ class Engine:
         t0 = time.perf_counter()
         request, spec = plan.request, plan.expert
         plan.sampler = sampler_with(sampler_with(self.config.sampler, spec.sampler or None), request.sampler)
+        self._controls_step(plan)
         self._build_prompt(plan)
         plan.timings["prompt"] = time.perf_counter() - t0
         if plan.notice:
@@ -447,6 +459,50 @@ class Engine:
         use_mixture = self.config.assistant.mixture if request.mixture is None else request.mixture
         if use_mixture and plan.route is not None:
             plan.mixture = self._mixture(plan)
+
+    def _without_controls(self, text: str) -> str:
+        """``text`` without control tokens (sampler hints, not content: the router and the retriever never see
+        them)."""
+        return text if self._control_text is None else self._control_text.sub("", text).strip()
+
+    def _controls_step(self, plan: Plan) -> None:
+        """Control tokens (``[controls]``, sampling/controls.py): a question or history that holds one (or a
+        vocabulary that lets experts emit them, ``generate = true``) adds the control tokens to the base's tokenizer
+        before the prompt is tokenized, once per base. From then on that base decodes through a generator that knows
+        the vocabulary: prompt controls set the first segment, generated ones the next, none reaches the text."""
+        if self._control_text is None:
+            return
+        texts = [plan.question] + [str(m.get("content", "")) for m in plan.request.history]
+        plan.controls = [self._control_names[t] for text in texts for t in self._control_text.findall(text)]
+        if plan.controls or self.config.controls.generate:
+            self._add_controls(plan.model.base)
+
+    def _add_controls(self, base: PooledBase) -> None:
+        """Give ``base`` the control tokens (once; zero embedding rows where its matrix has no spare ones, so every
+        ordinary token's logits stay what they were)."""
+        if self._holds_controls(base):
+            return
+        with self._build_lock:
+            with base.lock:  # between two forwards of whoever decodes on this base
+                add_control_tokens(base.loaded.model, base.tokenizer, self.config.controls.tokens)
+            self._controlled.add(id(base))
+
+    def _holds_controls(self, base: PooledBase) -> bool:
+        """Whether ``base``'s tokenizer holds every control token (added by this engine or another on the pool)."""
+        if id(base) in self._controlled:
+            return True
+        tokenizer = base.tokenizer
+        if not self._control_names or any(tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)
+                                          for t in self._control_names):
+            return False
+        self._controlled.add(id(base))
+        return True
+
+    def _generator(self, base: PooledBase) -> Generator:
+        """A generator over ``base``: with the control vocabulary once the base holds the control tokens, else the
+        plain one (a base no request has steered decodes exactly as before)."""
+        controls = self.config.controls if self._holds_controls(base) else None
+        return Generator(base.model, base.tokenizer, lock=base.lock, controls=controls)
 
     def _build_prompt(self, plan: Plan) -> None:
         """Chat-template prompt within the context budget; trims passages, then history, then the question."""
@@ -524,7 +580,7 @@ class Engine:
         if self._batching is not None:
             generation = self._runner(model.base).submit(plan.prompt_ids, plan.sampler, **options)
         else:
-            generator = Generator(model.model, model.tokenizer, lock=model.lock)
+            generator = self._generator(model.base)
             generation = generator.stream(plan.prompt_ids, plan.sampler, prompt_cache=prompt_cache, **options)
         return AnswerStream(plan, generation, on_finish, attribute=self.config.assistant.attribute)
 
@@ -559,8 +615,9 @@ class Engine:
             if runner is None:
                 if self._batching is None:
                     raise AsymmetryError("batching was stopped: the engine is shutting down")
-                generator = Generator(base.model, base.tokenizer, lock=base.lock)
-                runner = BatchRunner(generator, model_source=lambda: base.model,
+                runner = BatchRunner(self._generator(base), model_source=lambda: base.model,
                                      row_defaults={"adapter_names": BASE_ROW}, name=base.name, **self._batching)
                 self._runners[id(base)] = runner
+            elif runner.gen.controls is None and self._holds_controls(base):  # the base gained the control tokens
+                runner.use_generator(self._generator(base))
             return runner
