@@ -4,10 +4,13 @@
 Every decode step streams every weight once, so bytes per weight set the speed. Activations stay in the model's float
 dtype outside the layer; inside it they run in bfloat16 (the kernels' fast path on this AVX512-BF16 CPU).
 
-* int8: one scale per output channel (symmetric, absmax / 127). One or a few tokens per row (decode):
-  ``_weight_int8pack_mm`` — measured on this 2-core machine 2.1 ms for an 8960 x 1536 weight against 8.0 ms in bf16
-  and 5.0 ms in fp32. Many tokens (prefill): the weight is dequantised to bfloat16 for that one call and multiplied with
-  a bf16 GEMM (the int8 kernel is 4x slower than a bf16 GEMM at 500 tokens).
+* int8: one scale per output channel (symmetric, absmax / 127). Up to ``DECODE_ROWS`` rows (decode, a short prompt,
+  a chat turn's suffix after KV reuse): ``_weight_int8pack_mm`` — measured on this 2-core machine 2.1 ms for an
+  8960 x 1536 weight against 8.0 ms in bf16 and 5.0 ms in fp32. More rows (a long prefill): the weight is dequantised
+  to bfloat16 for that one call and multiplied with a bf16 GEMM (the int8 kernel is 4x slower than a bf16 GEMM at 500
+  tokens). Dequantising every linear of the 1.5B costs about 3.5 s a call, so the kernel wins up to an estimated 140 rows: a
+  prefill of 19 / 43 / 80 tokens on the 1.5B took 4.7 / 3.6 / 3.5 s with the kernel up to 16 rows and 0.77 / 1.5 /
+  2.6 s up to 128 (``benchmarks/quantize_decode.py --int8-rows 16,64,128``).
 * int4: asymmetric, a scale and a zero point per group of ``INT4_GROUP`` input features (about 4.5 bits a weight), in
   torch's packed layout (``_convert_weight_to_int4pack_for_cpu``). Up to ``INT4_KERNEL_ROWS`` rows: the int4 kernel
   (0.37 ms for that 8960 x 1536 weight at one row against 0.42 ms for int8, same run); more rows: the weight is
@@ -32,7 +35,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 QUANTIZE_MODES = ("none", "int8", "int4")
-DECODE_ROWS = 16  # at most this many input rows use the int8 kernel; more are a prefill (dequantised bf16 GEMM)
+DECODE_ROWS = 128  # at most this many input rows use the int8 kernel; more: dequantised bf16 GEMM (measured crossover)
 INT4_GROUP = 64  # input features per int4 scale/zero group (32 where K is not a multiple of 64)
 INT4_KERNEL_ROWS = 128  # at most this many rows use the int4 kernel; more: unpack + bf16 GEMM (measured crossover)
 SKIP = ("lm_head",)  # kept in float: tied to the input embedding in most small models, and it sets the logits

@@ -8,7 +8,14 @@ import torch
 from asymmetry.errors import AsymmetryError
 from asymmetry.experts import ModelPool, Placement, load_model
 from asymmetry.experts.config import adapters_package_dir
-from asymmetry.experts.quantize import INT4_KERNEL_ROWS, Int4Linear, Int8Linear, _int4_layout, quantize_model
+from asymmetry.experts.quantize import (
+    DECODE_ROWS,
+    INT4_KERNEL_ROWS,
+    Int4Linear,
+    Int8Linear,
+    _int4_layout,
+    quantize_model,
+)
 
 PROMPT = "Rome is the capital of Italy, Madrid is the capital of Spain, and the capital of France is"  # > 16 tokens: one kernel
 
@@ -17,7 +24,7 @@ def test_int8_linear_matches_float_linear_for_decode_and_prefill():
     torch.manual_seed(0)
     dense = torch.nn.Linear(256, 512)
     q = Int8Linear(dense.weight, dense.bias)
-    for rows in (1, 64):  # the int8 kernel (decode) and the dequantised GEMM (prefill)
+    for rows in (1, DECODE_ROWS + 8):  # the int8 kernel (decode, short prefills) and the dequantised GEMM (prefill)
         x = torch.randn(rows, 256)
         ref, got = dense(x), q(x)
         assert got.dtype == x.dtype and got.shape == ref.shape
