@@ -17,7 +17,6 @@ Shapes: N passages, D embedding dimensions.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from asymmetry.atomic import atomic_path
-from asymmetry.embedder import Embedder
+from asymmetry.embedder import Embedder, weights_sha256  # weights_sha256: also this module's API
 
 log = logging.getLogger(__name__)
 
@@ -43,25 +42,6 @@ FORMAT = "asymmetry-prebuilt-vectors/1"
 
 def text_key(text: str) -> bytes:
     return hashlib.sha1(text.encode("utf-8")).digest()[:KEY_BYTES]
-
-
-def weights_sha256(model_dir: Path) -> str:
-    """SHA-256 over the embedding model's weight files (name, then bytes), in name order (once per process and
-    file state)."""
-    files = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin"))
-    return _weights_sha256(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
-
-
-@functools.lru_cache(maxsize=8)
-def _weights_sha256(files: tuple[tuple[str, int, int], ...]) -> str:
-    digest = hashlib.sha256()
-    for name, _, _ in files:
-        f = Path(name)
-        digest.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 class PrebuiltVectors:
@@ -94,8 +74,10 @@ class PrebuiltVectors:
         return cls(keys, vectors, meta)
 
     def matches(self, embedder: Embedder) -> bool:
-        """The table was made with this embedder's model (name and weights)."""
-        return self.meta.get("embedding_model") == embedder.name and \
+        """The table was made with this embedder's model (name and weights) and backend (torch: int8 ONNX vectors
+        differ from the shipped ones by more than the spot check allows)."""
+        torch_vectors = getattr(embedder, "backend", "torch") == "torch"
+        return torch_vectors and self.meta.get("embedding_model") == embedder.name and \
             self.meta.get("weights_sha256") == weights_sha256(embedder.path)
 
     def lookup(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
