@@ -311,7 +311,7 @@ class Engine:
     def embedder(self) -> Embedder:
         with self._build_lock:
             if self._embedder is None:
-                self._embedder = Embedder(self.config.index.embedding_model)
+                self._embedder = Embedder(self.config.index.embedding_model, backend=self.config.index.embed_backend)
             return self._embedder
 
     @property

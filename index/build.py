@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from asymmetry.atomic import atomic_write_json
 from asymmetry.cluster import require_ray
-from asymmetry.embedder import Embedder, embedding_model_name
+from asymmetry.embedder import Embedder, check_backend, embedding_model_name
 from asymmetry.errors import AsymmetryError
 from asymmetry.index import manifest as mf
 from asymmetry.index.chunking import ChunkingConfig, chunk_articles
@@ -60,11 +60,18 @@ DEFAULT_SHARD_SIZE = 4096
 TRAIN_SAMPLE = 256 * 1024  # IVF-PQ training vectors (at most)
 
 
-def build_spec(corpus_desc: dict, model_name: str, chunking: ChunkingConfig, shard_size: int) -> dict:
+def build_spec(corpus_desc: dict, model_name: str, chunking: ChunkingConfig, shard_size: int,
+               embed_backend: str = "torch") -> dict:
+    """What makes two builds the same (kept in ``.build/spec.json`` and the manifest's ``build``). The embedding
+    backend is recorded when it is not torch (:func:`asymmetry.index.manifest.embed_backend` reads it), so indexes
+    built before backends existed stay up to date."""
     corpus_key = {k: corpus_desc[k] for k in ("source", "reader", "bytes", "sha256")}
-    return {"format_version": mf.FORMAT_VERSION, "corpus": corpus_key, "embedding_model": model_name,
+    spec = {"format_version": mf.FORMAT_VERSION, "corpus": corpus_key, "embedding_model": model_name,
             "chunking": asdict(chunking), "shard_size": shard_size, "lexical": LEXICAL_SPEC,
             "store": {"minhash": "word-3-gram x64"}}
+    if embed_backend != "torch":
+        spec["embed_backend"] = embed_backend
+    return spec
 
 
 def build_index(
@@ -82,22 +89,25 @@ def build_index(
     embedder: Embedder | None = None,
     ray: bool = False,
     ray_workers: int | None = None,
+    embed_backend: str | None = None,
 ) -> mf.Manifest:
     """Build (or resume, or confirm up to date) the index for ``corpus`` in ``index_dir``; returns its manifest.
 
     ``embedder`` embeds the passages (default: a new :class:`Embedder` of ``embedding_model``, loaded only if a
     shard needs embedding); when both are given they must name the same model. ``ray``: embed on a Ray cluster
     (``$RAY_ADDRESS``, else a local Ray) with ``ray_workers`` embedders (default: one per GPU, else per CPU); the
-    shards and every file are the same as a local build's (:mod:`asymmetry.index.distributed`).
+    shards and every file are the same as a local build's (:mod:`asymmetry.index.distributed`). ``embed_backend``
+    (``torch``, ``onnx``, ``onnx-int8``; default: the embedder's, else torch) runs the passage embedding; it is
+    recorded in the manifest, and the index's queries must be embedded with it (``Retriever.open`` checks).
     """
     if ray:
         require_ray()  # before anything is read: without Ray, say how to install it
-    embedder = _build_embedder(embedder, embedding_model)
+    embedder = _build_embedder(embedder, embedding_model, embed_backend)
     chunking = chunking or ChunkingConfig()
     root = mf.resolve_index_dir(index_dir)
     root.mkdir(parents=True, exist_ok=True)
     source = open_corpus(corpus)
-    spec = build_spec(source.describe(), embedder.name, chunking, shard_size)
+    spec = build_spec(source.describe(), embedder.name, chunking, shard_size, embedder.backend)
     job = _Job(source, root, spec, embedder, index_type, index_params, batch_size, shard_size, chunking, rebuild,
                progress, ray, ray_workers)
     with _build_lock(root):
@@ -113,7 +123,7 @@ def ensure_index(config=None, *, embedder: Embedder | None = None, progress: boo
     if mf.read_manifest(root) is None:
         log.warning("building the index in %s (first use)", root)
         build_index(icfg.corpus, root, icfg.index_type, icfg.embedding_model, icfg.batch_size, icfg.shard_size,
-                    icfg.chunking(), progress=progress, embedder=embedder)
+                    icfg.chunking(), progress=progress, embedder=embedder, embed_backend=icfg.embed_backend)
     return root
 
 
@@ -127,9 +137,14 @@ def _index_config(config) -> IndexConfig:
     raise TypeError(f"config must be a Config or IndexConfig, not {type(config).__name__}")
 
 
-def _build_embedder(embedder: Embedder | None, embedding_model: str | None) -> Embedder:
+def _build_embedder(embedder: Embedder | None, embedding_model: str | None, backend: str | None) -> Embedder:
     if embedder is None:
-        return Embedder(embedding_model)
+        return Embedder(embedding_model, backend=check_backend(backend or "torch"))
+    if backend is not None and check_backend(backend) != embedder.backend:
+        raise AsymmetryError(
+            f"the embedder passed to build_index runs the {embedder.backend!r} backend but embed_backend asks for "
+            f"{backend!r}: pass an Embedder(backend={backend!r}) or leave embed_backend unset"
+        )
     if embedding_model is not None and embedding_model_name(embedding_model) != embedder.name:
         raise AsymmetryError(
             f"the embedder passed to build_index is {embedder.name!r} but embedding_model asks for "
@@ -223,7 +238,8 @@ def _existing_index(job: _Job) -> mf.Manifest | None:
         return existing
     raise AsymmetryError(
         f"{job.root} already holds a complete index ({existing.index_type}, {existing.passage_count} passages of "
-        f"{existing.corpus.get('source')}, embedded with {existing.embedding_model}) that differs from this "
+        f"{existing.corpus.get('source')}, embedded with {existing.embedding_model} on "
+        f"{mf.embed_backend(existing)}) that differs from this "
         "build: pass --rebuild to replace it (it stays usable until the new one is complete) or choose another "
         f"--index-dir; to rebuild the index that is there: {mf.rebuild_command(job.root, existing)}"
     )

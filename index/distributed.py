@@ -46,8 +46,8 @@ class EmbedWorker:
     """One Ray actor: finishes and chunks blocks of raw records, embeds shards. Holds one embedder, loaded on the
     first shard (a worker that only chunks never loads it)."""
 
-    def __init__(self, reader: str, model_name: str, batch_size: int, chunking: dict):
-        self.reader, self.model_name, self.batch_size = reader, model_name, batch_size
+    def __init__(self, reader: str, model_name: str, batch_size: int, chunking: dict, backend: str = "torch"):
+        self.reader, self.model_name, self.batch_size, self.backend = reader, model_name, batch_size, backend
         self.chunking = ChunkingConfig(**chunking)
         self.embedder = None
 
@@ -62,7 +62,8 @@ class EmbedWorker:
         if self.embedder is None:
             import torch
 
-            self.embedder = Embedder(self.model_name, device="cuda" if torch.cuda.is_available() else "cpu")
+            self.embedder = Embedder(self.model_name, device="cuda" if torch.cuda.is_available() else "cpu",
+                                     backend=self.backend)
         return embed_with_prebuilt(texts, self.embedder,
                                    lambda t: embed_passages(t, self.embedder, self.batch_size))
 
@@ -84,8 +85,8 @@ def embed_shards_ray(job, shards, num_workers: int | None = None):
     ray = connect()
     n = workers(num_workers)
     remote = ray.remote(**worker_options())(EmbedWorker)
-    actors = [remote.remote(job.source.reader.name, job.embedder.name, job.batch_size, _chunking_dict(job.chunking))
-              for _ in range(n)]
+    actors = [remote.remote(job.source.reader.name, job.embedder.name, job.batch_size, _chunking_dict(job.chunking),
+                            job.embedder.backend) for _ in range(n)]
     pool = _Pool(actors)
     window = 2 * n
     chunk_refs: deque = deque()  # in block order

@@ -52,6 +52,12 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False)
 
 
+def embed_backend(manifest: Manifest) -> str:
+    """The backend that embedded the index's passages (``torch`` unless the build spec names another); its queries
+    must be embedded with the same one."""
+    return str(manifest.build.get("embed_backend", "torch"))
+
+
 def file_entries(root: Path, relpaths: list[str]) -> dict:
     out = {}
     for rel in relpaths:
@@ -86,7 +92,8 @@ def _recorded(index_dir: Path) -> dict:
     build = raw.get("build") if isinstance(raw.get("build"), dict) else read_spec(index_dir) or {}
     corpus = raw.get("corpus") if isinstance(raw.get("corpus"), dict) else build.get("corpus") or {}
     return {"source": corpus.get("source") if isinstance(corpus, dict) else None,
-            "shard_size": build.get("shard_size"), "index_type": raw.get("index_type")}
+            "shard_size": build.get("shard_size"), "index_type": raw.get("index_type"),
+            "embed_backend": build.get("embed_backend")}
 
 
 def _corpus_argument(source: object) -> str | None:
@@ -102,7 +109,8 @@ def rebuild_command(index_dir: Path, manifest: Manifest | None = None) -> str:
     recorded = _recorded(index_dir)
     if manifest is not None:
         recorded.update(source=manifest.corpus.get("source"), index_type=manifest.index_type,
-                        shard_size=manifest.build.get("shard_size", recorded["shard_size"]))
+                        shard_size=manifest.build.get("shard_size", recorded["shard_size"]),
+                        embed_backend=manifest.build.get("embed_backend"))
     corpus = _corpus_argument(recorded["source"])
     if corpus is None:
         corpus = "default" if index_dir == default_index_dir() else "CORPUS-IT-WAS-BUILT-FROM"
@@ -111,6 +119,8 @@ def rebuild_command(index_dir: Path, manifest: Manifest | None = None) -> str:
         cmd += f" --index-type {recorded['index_type']}"
     if isinstance(recorded["shard_size"], int) and recorded["shard_size"] > 0:
         cmd += f" --shard-size {recorded['shard_size']}"
+    if recorded["embed_backend"] in ("onnx", "onnx-int8"):
+        cmd += f" --embed-backend {recorded['embed_backend']}"
     return cmd + " --rebuild"
 
 

@@ -129,12 +129,17 @@ class Retriever:
                 f"--index-dir {root} (from Python: asymmetry.index.ensure_index(config) builds the configured index)"
             )
         manifest = mf.load_manifest(root, verify=rcfg.verify_checksums)
+        backend = mf.embed_backend(manifest)
         if icfg is not None:
             _check_model(root, manifest, embedding_model_name(icfg.embedding_model), "the config asks for",
                          "or set index.embedding_model to the index's model")
+            _check_backend(root, manifest, icfg.embed_backend, "the config's index.embed_backend is",
+                           f'or set index.embed_backend = "{backend}"')
         if embedder is not None:
             _check_model(root, manifest, embedder.name, "the embedder passed to Retriever.open is",
                          f"or pass an Embedder of {manifest.embedding_model!r}")
+            _check_backend(root, manifest, embedder.backend, "the embedder passed to Retriever.open runs",
+                           f"or pass an Embedder(backend={backend!r})")
         try:
             index = faiss.read_index(str(root / mf.FAISS_NAME))
         except RuntimeError as exc:
@@ -170,7 +175,7 @@ class Retriever:
         """The query embedder: the one passed to :meth:`open`, else one of the index's embedding model."""
         with self._lock:
             if self._embedder is None:
-                self._embedder = Embedder(self.manifest.embedding_model)
+                self._embedder = Embedder(self.manifest.embedding_model, backend=mf.embed_backend(self.manifest))
             return self._embedder
 
     @property
@@ -290,6 +295,19 @@ def _check_model(root: Path, manifest: mf.Manifest, wanted: str, who: str, fix: 
         raise AsymmetryError(
             f"index {root} was built with the embedding model {manifest.embedding_model!r} but {who} {wanted!r}: "
             f"rebuild it with {mf.rebuild_command(root, manifest)}, {fix}"
+        )
+
+
+def _check_backend(root: Path, manifest: mf.Manifest, wanted: str, who: str, fix: str) -> None:
+    """Queries are embedded with the backend that embedded the passages: int8 ONNX vectors differ from torch's by
+    ~0.5% cosine (benchmarks/embed_backends.py), so a mixed index would rank by a slightly different geometry."""
+    built = mf.embed_backend(manifest)
+    if wanted != built:
+        rebuild = mf.rebuild_command(root, manifest).replace(f" --embed-backend {built}", "")
+        rebuild = rebuild.replace(" --rebuild", f" --embed-backend {wanted} --rebuild")
+        raise AsymmetryError(
+            f"index {root} was embedded with the {built!r} backend but {who} {wanted!r}: its queries must be "
+            f"embedded the same way; rebuild it with {rebuild}, {fix}"
         )
 
 

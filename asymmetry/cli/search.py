@@ -30,7 +30,8 @@ def register(sub) -> None:
 def _search(args) -> int:
     if args.k is not None and args.k < 1:
         raise AsymmetryError(f"invalid -k {args.k}: pass a positive number of passages")
-    embedder = Embedder(args.cfg.index.embedding_model)  # one model for a first-use build and for the query
+    # one model for a first-use build and for the query
+    embedder = Embedder(args.cfg.index.embedding_model, backend=args.cfg.index.embed_backend)
     index_dir = args.index_dir or ensure_index(args.cfg, embedder=embedder)  # --index-dir names a built index
     retriever = Retriever.open(index_dir, config=args.cfg, embedder=embedder)
     passages = retriever.search(args.query, k=args.k, mode=args.mode)
