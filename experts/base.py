@@ -226,10 +226,11 @@ class Placement:
     offload_folder: str | None = None
     quantization: str | None = None  # bitsandbytes on CUDA: "4bit" | "8bit"
     quantize: str = "auto"  # CPU weight-only: "none" | "int8" | "int4" | "auto" (int8 for a base of 1B params or more)
+    quantize_head: bool = True  # with int8/int4 linears, the output head in int8 too (unless tied to the embedding)
 
     def key(self) -> tuple:
         return (self.dtype, repr(self.device_map), repr(self.max_memory), self.offload_folder, self.quantization,
-                self.quantize)
+                self.quantize, self.quantize_head)
 
 
 def load_model(spec: str | os.PathLike | None = None, placement: Placement | None = None) -> LoadedBase:
@@ -268,7 +269,7 @@ def load_model(spec: str | os.PathLike | None = None, placement: Placement | Non
     model.eval()
     mode = _cpu_quantize_mode(model, placement)
     if mode != "none":
-        quantize_model(model, mode)
+        quantize_model(model, mode, head=placement.quantize_head)
     if upcast_after:
         upcast_unquantized(model, torch.float32)
     if tokenizer.pad_token_id is None:

@@ -18,6 +18,10 @@ dtype outside the layer; inside it they run in bfloat16 (the kernels' fast path 
   75 ms for unpack + bf16 GEMM). Unpacking reads torch's packed layout (blocks of 64 or 32 output rows, low nibbles the
   first half of a block; see aten's int4mm_kernel.cpp); the layout is checked once per process on a probe, and if it
   does not match, a prefill runs the int4 kernel instead.
+* the output head: int8 in both modes (``quantize_head``; ``Placement.quantize_head`` / ``[experts] quantize_head``
+  turn it off), unless tied to the input embedding (SmolLM2: the embedding would be quantized too). The 1.5B's
+  float32 head (151,936 x 1,536) is 930 MB of what an int4 decode step reads; int8 is 233 MB. Adding control tokens
+  resizes it in float and quantizes it again (``Int8Linear.as_linear``: the same int8 rows back).
 
 The modules subclass :class:`torch.nn.Linear`, so peft wraps them like any linear layer and LoRA adapters still apply
 per row on top (their weights stay float: peft never casts an adapter to an integer base dtype).
@@ -38,7 +42,7 @@ QUANTIZE_MODES = ("none", "int8", "int4")
 DECODE_ROWS = 128  # at most this many input rows use the int8 kernel; more: dequantised bf16 GEMM (measured crossover)
 INT4_GROUP = 64  # input features per int4 scale/zero group (32 where K is not a multiple of 64)
 INT4_KERNEL_ROWS = 128  # at most this many rows use the int4 kernel; more: unpack + bf16 GEMM (measured crossover)
-SKIP = ("lm_head",)  # kept in float: tied to the input embedding in most small models, and it sets the logits
+SKIP = ("lm_head",)  # the output head: not a plain linear of the loop below; quantize_head decides (int8 or float)
 
 
 class _WeightOnlyLinear(nn.Linear):
@@ -74,6 +78,16 @@ class Int8Linear(_WeightOnlyLinear):
             return torch._weight_int8pack_mm(x2, self.weight, self.scale)  # (M, N)
         w = self.weight.to(torch.bfloat16) * self.scale[:, None]  # (N, K), this call only
         return torch.nn.functional.linear(x2, w)  # (M, N)
+
+    def as_linear(self) -> nn.Linear:
+        """This layer back as a float32 ``nn.Linear`` holding exactly q x scale (7 + 8 significant bits fit float32's
+        24), so ``Int8Linear`` of its weight gives back the same int8 weight and scales (a row's absmax is 127 x its
+        scale): how a quantized output head is resized for control tokens and quantized again."""
+        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        out.weight = nn.Parameter(self.weight.float() * self.scale.float()[:, None], requires_grad=False)  # (N, K)
+        if self.bias is not None:
+            out.bias = nn.Parameter(self.bias.detach().float(), requires_grad=False)
+        return out
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weight-only"
@@ -180,11 +194,12 @@ def _int4_layout() -> tuple[int, bool] | None:
     return _LAYOUT[0]
 
 
-def quantize_model(model: nn.Module, mode: str) -> int:
+def quantize_model(model: nn.Module, mode: str, head: bool = True) -> int:
     """Replace every ``nn.Linear`` of ``model`` (except the output head) by a weight-only int8 or int4 layer, in place;
     return how many were replaced. ``mode="none"`` changes nothing. int4 keeps int8 for a layer the int4 kernel cannot
-    take (N not a multiple of 16 or K of 32). Needs torch's CPU kernels ``_weight_int8pack_mm`` and
-    ``_weight_int4pack_mm_for_cpu`` (x86-64 builds of torch 2.5+)."""
+    take (N not a multiple of 16 or K of 32). With ``head`` the output head also goes to int8 in both modes
+    (:func:`quantize_head`; a head tied to the input embedding stays as it is). Needs torch's CPU kernels
+    ``_weight_int8pack_mm`` and ``_weight_int4pack_mm_for_cpu`` (x86-64 builds of torch 2.5+)."""
     if mode == "none":
         return 0
     if mode not in QUANTIZE_MODES:
@@ -200,9 +215,34 @@ def quantize_model(model: nn.Module, mode: str) -> int:
         else:
             layer, int8 = Int8Linear(module.weight, module.bias), int8 + 1
         setattr(parent, child, layer)
-    log.info("%s weight-only: %d linear layers%s", mode, len(targets),
-             f" ({int8} kept in int8)" if mode == "int4" and int8 else "")
-    return len(targets)
+    head_done = head and quantize_head(model)
+    log.info("%s weight-only: %d linear layers%s%s", mode, len(targets),
+             f" ({int8} kept in int8)" if mode == "int4" and int8 else "", ", int8 output head" if head_done else "")
+    return len(targets) + head_done
+
+
+def head_is_tied(model: nn.Module) -> bool:
+    """Whether the output head shares its weight with the input embedding (SmolLM2): quantizing it would either
+    quantize the embedding too or hold a second copy, so such a head stays float."""
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    return (bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
+            or (embed is not None and head.weight is embed.weight))
+
+
+def quantize_head(model: nn.Module) -> bool:
+    """Replace the output head of a Hugging Face causal LM by an :class:`Int8Linear` (int8, a scale per vocabulary
+    row), in place, unless it is tied to the input embedding or not a plain linear; return whether it was replaced.
+
+    int8 and not int4 for both modes: the head sets the logits, and int8 holds them closer (the 1.5B's float32 head
+    is 930 MB of the 1.7 GB an int4 decode step reads; int8 makes it 233 MB). Logits come out of the kernel in
+    bfloat16 (torch's int8 kernel is 10x slower with float32 or float16 activations): about 3 significant digits,
+    a step of 0.125 at a logit of 16-32."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if get is not None else None
+    if type(head) is not nn.Linear or head_is_tied(model):
+        return False
+    model.set_output_embeddings(Int8Linear(head.weight, head.bias))
+    return True
 
 
 def upcast_unquantized(model: nn.Module, dtype: torch.dtype) -> None:

@@ -130,7 +130,8 @@ class ExpertRegistry:
 
     def __init__(self, specs: list[ExpertSpec], *, default: str | None = None, pool: ModelPool | None = None,
                  dtype: str = "float32", device_map: Any = None, max_memory: dict | None = None,
-                 offload_folder: str | None = None, quantization: str | None = None, quantize: str = "auto"):
+                 offload_folder: str | None = None, quantization: str | None = None, quantize: str = "auto",
+                 quantize_head: bool = True):
         self._experts: dict[str, Expert] = {}
         for spec in specs:
             if spec.name in self._experts:
@@ -143,7 +144,8 @@ class ExpertRegistry:
         self.default = default or next(iter(self._experts), None)
         self.pool = pool if pool is not None else ModelPool()
         self.placement = Placement(dtype=dtype, device_map=device_map, max_memory=max_memory,
-                                   offload_folder=offload_folder, quantization=quantization, quantize=quantize)
+                                   offload_folder=offload_folder, quantization=quantization, quantize=quantize,
+                                   quantize_head=quantize_head)
         self._checked: set[str] = set()  # experts whose adapter folder was validated against its base
         self._lock = threading.Lock()
 
@@ -152,7 +154,7 @@ class ExpertRegistry:
         cfg = cfg or ExpertsConfig()
         return cls(cfg.specs(), default=cfg.default, pool=pool, dtype=cfg.dtype, device_map=cfg.device_map,
                    max_memory=cfg.max_memory, offload_folder=cfg.offload_folder, quantization=cfg.quantization,
-                   quantize=cfg.quantize)
+                   quantize=cfg.quantize, quantize_head=cfg.quantize_head)
 
     # --- lookup ---------------------------------------------------------------------------------------------------
     def names(self) -> list[str]:

@@ -227,10 +227,16 @@ def add_control_tokens(model, tokenizer, tokens: list[str]) -> int:
     if len(tokenizer) > rows:
         import torch
 
+        head = model.get_output_embeddings()
+        quantized = hasattr(head, "as_linear")  # an int8 head (experts.quantize): resized in float, quantized again
+        if quantized:
+            model.set_output_embeddings(head.as_linear())
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         with torch.no_grad():
             model.get_input_embeddings().weight[rows:] = 0
             out = model.get_output_embeddings()
             if out is not None and out.weight.shape[0] > rows:
                 out.weight[rows:] = 0
+        if quantized:
+            model.set_output_embeddings(type(head)(out.weight, out.bias))
     return len(new)

@@ -16,6 +16,7 @@ from asymmetry.experts.quantize import (
     _int4_layout,
     quantize_model,
 )
+from asymmetry.sampling import Generator, SamplerConfig, add_control_tokens
 
 PROMPT = "Rome is the capital of Italy, Madrid is the capital of Spain, and the capital of France is"  # > 16 tokens: one kernel
 
@@ -98,3 +99,69 @@ def test_quantize_flag_before_or_after_the_command_overrides_the_config():
     assert parser.parse_args(["--quantize", "int8", "eval", "mc", "x.csv"]).quantize == "int8"
     assert parser.parse_args(["generate", "p", "--quantize", "none"]).quantize == "none"
     assert ExpertsConfig(quantize="int4").quantize == "int4"
+
+
+def _untied_smollm2():
+    """SmolLM2 (float32) with its output head untied: a separate copy of the embedding, as the 1.5B's own head."""
+    loaded = load_model("smollm2", Placement(quantize="none"))
+    model = loaded.model
+    head = torch.nn.Linear(model.config.hidden_size, model.get_input_embeddings().weight.shape[0], bias=False)
+    head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone(), requires_grad=False)
+    model.set_output_embeddings(head)
+    model.config.tie_word_embeddings = False
+    return loaded
+
+
+def test_int8_output_head_shrinks_and_keeps_greedy_output_and_logits_within_the_rounding_bound():
+    fp_head, q_head = _untied_smollm2(), _untied_smollm2()
+    linears = quantize_model(fp_head.model, "int8", head=False)
+    assert quantize_model(q_head.model, "int8") == linears + 1
+    head, ref_head = q_head.model.get_output_embeddings(), fp_head.model.get_output_embeddings()
+    assert type(head) is Int8Linear and type(ref_head) is torch.nn.Linear
+    head_bytes = sum(t.numel() * t.element_size() for t in [*head.parameters(), *head.buffers()])
+    assert head_bytes < 0.26 * ref_head.weight.numel() * 4  # int8 weight + a bf16 scale per row, against float32
+
+    seen = {}
+    ref_head.register_forward_pre_hook(lambda _m, args: seen.__setitem__("x", args[0]))
+    ids = fp_head.tokenizer(PROMPT, return_tensors="pt").input_ids  # (1, T)
+    with torch.no_grad():
+        ref = fp_head.model(ids).logits[0]  # (T, V)
+        got = q_head.model(ids).logits[0]
+    # Every logit within the worst case of what int8 changes: each weight off by at most half its row's step
+    # (sum |x| x scale / 2), the activations rounded to bf16 on the way in (2^-9 of sum |x w|) and the logit rounded
+    # to bf16 on the way out (2^-8 of |logit|); the rest of the model is the same int8 one on both sides.
+    x = seen["x"][0].float()  # (T, K): the final hidden states, the same on both sides
+    w = ref_head.weight.float()  # (V, K)
+    bound = (x.abs().sum(-1, keepdim=True) * head.scale.float() / 2  # (T, V)
+             + x.abs() @ w.abs().t() * 2.0 ** -9 + ref.abs() * 2.0 ** -8 + 1e-3)
+    assert ((got - ref).abs() <= bound).all()
+    assert torch.equal(got[-1].topk(5).indices, ref[-1].topk(5).indices)
+
+    greedy = SamplerConfig(temperature=0.0, max_tokens=24)
+    chat = fp_head.tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                                 add_generation_prompt=True, tokenize=True)
+    chat = list(chat if isinstance(chat, list) else chat["input_ids"])
+    texts = [Generator(b.model, b.tokenizer).generate(chat, greedy).text for b in (fp_head, q_head)]
+    assert texts[0] == texts[1] and texts[0]
+
+
+def test_tied_head_stays_float_and_a_quantized_head_resizes_for_control_tokens():
+    tied = load_model("smollm2", Placement(quantize="int8"))  # SmolLM2's head is its input embedding
+    assert type(tied.model.get_output_embeddings()) is torch.nn.Linear
+    assert tied.model.get_output_embeddings().weight is tied.model.get_input_embeddings().weight
+
+    loaded = _untied_smollm2()
+    quantize_model(loaded.model, "int4")
+    head = loaded.model.get_output_embeddings()
+    assert type(head) is Int8Linear  # int8 in the int4 mode too
+    again = Int8Linear(head.as_linear().weight, None)  # the float round trip a resize takes: the same int8 head
+    assert torch.equal(again.weight, head.weight) and torch.equal(again.scale, head.scale)
+    rows = head.out_features
+    assert add_control_tokens(loaded.model, loaded.tokenizer, ["<|ctl_a|>", "<|ctl_b|>"]) == 2
+    resized = loaded.model.get_output_embeddings()
+    assert type(resized) is Int8Linear and resized.out_features == len(loaded.tokenizer) > rows
+    assert torch.equal(resized.weight[:rows], head.weight) and torch.equal(resized.scale[:rows], head.scale)
+    ids = loaded.tokenizer(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = loaded.model(ids).logits[0, -1]  # (V + 2,)
+    assert logits.shape[0] == resized.out_features and torch.equal(logits[rows:], torch.zeros(2))
