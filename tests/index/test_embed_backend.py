@@ -101,3 +101,11 @@ def test_ray_worker_embeds_with_the_build_backend(small_corpus, int8_embedder):
     # dynamic int8 quantizes activations per batch: the same batches as a local build of batch size 4 give the same
     # vectors (other batches move them by up to ~0.03, as far as torch's are)
     np.testing.assert_allclose(vectors, embed_passages(texts, int8_embedder, 4), atol=1e-5)
+
+
+def test_ray_int8_build_equals_the_local_int8_build(ray_cluster, small_corpus, int8_index, int8_embedder, tmp_path):
+    out = tmp_path / "ray-int8"
+    m = build_index(str(small_corpus), out, index_type="flat", shard_size=32, progress=False, embedder=int8_embedder,
+                    ray=True, ray_workers=2)
+    assert embed_backend(m) == "onnx-int8" and m.build == load_manifest(int8_index).build
+    np.testing.assert_allclose(_vectors(out), _vectors(int8_index), atol=1e-5)  # the same batches, the same vectors
