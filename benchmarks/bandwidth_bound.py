@@ -7,10 +7,11 @@ best of ``--repeats`` passes (the least disturbed by other jobs on the machine),
 Bytes per token, per base and weight format, counted from the base's GGUF tensor table (shapes and types):
 
 * ``fp32`` / ``bf16``: every linear, the output head and the norms at 4 / 2 bytes a value (``[experts] dtype``).
-* ``int8``: our weight-only int8 linears (1 byte a weight + a bf16 scale per output channel), the output head float32
-  (``experts/quantize.py`` keeps it float), norms and biases float32.
+* ``int8``: our weight-only int8 linears (1 byte a weight + a bf16 scale per output channel), an untied output head
+  int8 too (``experts/quantize.py``; a tied one stays float32), norms and biases float32.
 * ``int4``: our int4 linears (half a byte a weight + a bf16 scale and zero point per group), int8 where the int4
-  kernel cannot take the shape, the head float32.
+  kernel cannot take the shape, the untied head int8.
+* ``int8-fphead`` / ``int4-fphead``: the same with the head float32 (``[experts] quantize_head = false``).
 * ``gguf``: the file's own quantization (Q4_1, Q4_K/Q6_K, ...) as llama.cpp reads it: each tensor's stored bytes.
 
 The input embedding costs one row a token; a head tied to it (no ``output.weight``) is read whole. The KV cache read
@@ -32,7 +33,7 @@ from asymmetry.atomic import atomic_write_json  # stdlib only: safe before the e
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 BASES = ["smollm2", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
-FORMATS = ["fp32", "bf16", "int8", "int4", "gguf"]
+FORMATS = ["fp32", "bf16", "int8", "int4", "int8-fphead", "int4-fphead", "gguf"]
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 GB = 1e9
 
@@ -99,17 +100,26 @@ def bytes_per_token(gguf_path, context: int = 128) -> dict:
         size["gguf"] += int(t.n_bytes)
         size["fp32"] += 4 * n
         size["bf16"] += 2 * n
-        if name == "output.weight" or not is_linear:
-            size["int8"] += 4 * n  # the head and the norms/biases stay float32
-            size["int4"] += 4 * n
+        if not is_linear and name != "output.weight":
+            for f in ("int8", "int4", "int8-fphead", "int4-fphead"):
+                size[f] += 4 * n  # norms and biases stay float32
             continue
         k, nout = int(t.shape[0]), int(t.shape[1])  # GGUF lists the inner (input) dimension first
         int8 = n + 2 * nout
-        size["int8"] += int8
+        if name == "output.weight":  # the untied head: int8 in both modes, or float32 with quantize_head = false
+            size["int8"] += int8
+            size["int4"] += int8
+            size["int8-fphead"] += 4 * n
+            size["int4-fphead"] += 4 * n
+            continue
         g = int4_group(nout, k)
-        size["int4"] += n / 2 + (k // g) * nout * 2 * 2 if g else int8
+        int4 = n / 2 + (k // g) * nout * 2 * 2 if g else int8
+        size["int8"] += int8
+        size["int8-fphead"] += int8
+        size["int4"] += int4
+        size["int4-fphead"] += int4
     row = int(embd.n_elements) // vocab
-    for f, per in (("fp32", 4), ("bf16", 2), ("int8", 4), ("int4", 4)):
+    for f, per in (("fp32", 4), ("bf16", 2), ("int8", 4), ("int4", 4), ("int8-fphead", 4), ("int4-fphead", 4)):
         size[f] += per * (row if head is not embd else int(embd.n_elements) + row)
     size["gguf"] += int(embd.n_bytes) // vocab + (int(embd.n_bytes) if head is embd else 0)
     kv_per_token = 2 * layers * kv_heads * (width // heads)  # K and V values per cached token

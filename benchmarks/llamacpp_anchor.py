@@ -35,7 +35,8 @@ SEED = 1234
 SETTINGS = ("greedy", "full")
 DEFAULT_MODES = {"smollm2": "none,int8,int4", "qwen2.5-coder-0.5b": "none,int8,int4",
                  "qwen2.5-coder-1.5b": "int8,int4"}  # the 1.5B's float32 copy is 7 GB on a shared 24 GB machine
-FORMAT_OF = {"none": "fp32", "int8": "int8", "int4": "int4", "llama.cpp": "gguf"}
+FORMAT_OF = {"none": "fp32", "int8": "int8", "int4": "int4", "int8-fphead": "int8-fphead", "int4-fphead": "int4-fphead",
+             "llama.cpp": "gguf"}  # the -fphead modes: the output head float ([experts] quantize_head = false)
 
 
 def require_llama_cpp():
@@ -70,9 +71,9 @@ def llama_decode(llama_cpp, llm, ids: list[int], tokens: int, setting: str) -> d
 def measure(spec: str, modes: list[str], rounds: int, tokens: int, threads: int, bw: dict) -> dict:
     import torch
     from bandwidth_bound import bound, bytes_per_token  # this folder's scripts (the script's folder is on sys.path)
-    from quantize_decode import PROMPT, bytes_of
+    from quantize_decode import PROMPT, bytes_of, placement_of
 
-    from asymmetry.experts import ModelPool, Placement
+    from asymmetry.experts import ModelPool
     from asymmetry.experts.base import builtin_gguf
     from asymmetry.sampling import Generator, SamplerConfig
 
@@ -81,7 +82,7 @@ def measure(spec: str, modes: list[str], rounds: int, tokens: int, threads: int,
     pool = ModelPool()
     gens, size = {}, {}
     for mode in modes:
-        base = pool.base(spec, Placement(quantize=mode))
+        base = pool.base(spec, placement_of(mode))
         size[mode] = bytes_of(base.model)
         gens[mode] = Generator(base.model, base.tokenizer)
     tok = gens[modes[0]].tokenizer
