@@ -10,6 +10,7 @@ import pytest
 from asymmetry.cli import main
 from asymmetry.config import Config
 from asymmetry.embedder import Embedder
+from asymmetry.engine import Engine
 from asymmetry.errors import AsymmetryError, ConfigError
 from asymmetry.index import IndexConfig, build_index
 from asymmetry.index.chunking import chunk_articles
@@ -109,3 +110,12 @@ def test_ray_int8_build_equals_the_local_int8_build(ray_cluster, small_corpus, i
                     ray=True, ray_workers=2)
     assert embed_backend(m) == "onnx-int8" and m.build == load_manifest(int8_index).build
     np.testing.assert_allclose(_vectors(out), _vectors(int8_index), atol=1e-5)  # the same batches, the same vectors
+
+
+def test_the_engine_routes_on_torch_vectors_and_searches_an_int8_index_with_int8_ones(int8_index, pool):
+    config = Config(index=IndexConfig(index_dir=str(int8_index), embed_backend="onnx-int8"),
+                    retrieval=RetrievalConfig(rerank=False))
+    engine = Engine(config, pool=pool)
+    assert engine.embedder.backend == "torch"  # the router's (trained on torch vectors)
+    assert engine.retriever.embedder.backend == "onnx-int8" and not engine._shared_query_embedding()
+    assert Engine(Config(), pool=pool)._shared_query_embedding()
