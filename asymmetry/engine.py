@@ -363,7 +363,7 @@ class Engine:
     def plan_many(self, requests: Sequence[Request]) -> list[Plan]:
         """Plan several requests: their questions are embedded and routed in one batch."""
         questions = [self._checked_question(r) for r in requests]
-        contents = [self._without_controls(q) for q in questions]  # what the embedder and the retriever read
+        contents = [self.without_controls(q) for q in questions]  # what the embedder and the retriever read
         timings = [dict[str, float]() for _ in requests]
         embeddings = self._embed_step(requests, contents, timings)
         routes = self._route_step(requests, embeddings, timings)
@@ -466,7 +466,7 @@ class Engine:
         if use_mixture and plan.route is not None:
             plan.mixture = self._mixture(plan)
 
-    def _without_controls(self, text: str) -> str:
+    def without_controls(self, text: str) -> str:
         """``text`` without control tokens (sampler hints, not content: the router and the retriever never see
         them)."""
         return text if self._control_text is None else self._control_text.sub("", text).strip()

@@ -226,7 +226,7 @@ class RayBackend:
         question = request.question.strip()
         if not question:  # the replica's engine answers with the proper error
             return self.engine.experts.default
-        vector = self.engine.embedder.encode([question])  # (1, D)
+        vector = self.engine.embedder.encode([self.engine.without_controls(question)])  # (1, D), as the replica's
         return self.engine.router.route_batch(vector)[0].expert
 
     async def open(self, request: Request) -> Reply:
