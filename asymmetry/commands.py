@@ -117,7 +117,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise AsymmetryError("the prompt is empty: pass some text (or '-' and text on stdin)")
     if args.system and not args.chat:
         raise AsymmetryError("--system needs --chat: add --chat or drop --system")
-    base = ModelPool().base(args.model, Placement(quantize=args.cfg.experts.quantize))
+    base = ModelPool().base(args.model, Placement(quantize=args.cfg.experts.quantize,
+                                                  quantize_head=args.cfg.experts.quantize_head))
     controls = args.cfg.controls if args.cfg.controls.enabled else None
     if controls is not None:
         with base.lock:

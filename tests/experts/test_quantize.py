@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asymmetry.errors import AsymmetryError
+from asymmetry.errors import AsymmetryError, ConfigError
 from asymmetry.experts import ModelPool, Placement, load_model
 from asymmetry.experts.config import adapters_package_dir
 from asymmetry.experts.quantize import (
@@ -99,6 +99,9 @@ def test_quantize_flag_before_or_after_the_command_overrides_the_config():
     assert parser.parse_args(["--quantize", "int8", "eval", "mc", "x.csv"]).quantize == "int8"
     assert parser.parse_args(["generate", "p", "--quantize", "none"]).quantize == "none"
     assert ExpertsConfig(quantize="int4").quantize == "int4"
+    assert ExpertsConfig().quantize_head and not ExpertsConfig(quantize_head=False).quantize_head
+    with pytest.raises(ConfigError, match="quantize_head"):
+        ExpertsConfig(quantize_head="no")
 
 
 def _untied_smollm2():
