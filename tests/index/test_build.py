@@ -83,6 +83,21 @@ def test_empty_corpus_is_an_error_and_leaves_no_index(tmp_path):
     assert read_manifest(tmp_path / "idx") is None
 
 
+def kill_when_written(cmd: list[str], marker) -> None:
+    """Run ``cmd`` (a build) in its own process group and SIGKILL the group once ``marker`` (a second shard's file)
+    exists; the process must not end by itself before."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "the build never finished a second shard"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def test_killed_build_resumes_from_last_finished_shard(small_corpus, tmp_path, monkeypatch):
     """Kill a real `asymmetry index build` process mid-way; the rerun continues and the result is complete. (The
     shipped default-corpus vectors are off: this is about embedding work that resumes.)"""
@@ -90,16 +105,7 @@ def test_killed_build_resumes_from_last_finished_shard(small_corpus, tmp_path, m
     root = tmp_path / "idx"
     cmd = [sys.executable, "-m", "asymmetry", "index", "build", "--corpus", str(small_corpus), "--index-dir",
            str(root), "--shard-size", "8", "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not (root / ".build" / "shard-00001.jsonl").exists():
-            assert proc.poll() is None, proc.stdout.read().decode()
-            assert time.monotonic() < deadline, "the build never finished a second shard"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_when_written(cmd, root / ".build" / "shard-00001.jsonl")
     assert read_manifest(root) is None  # a half-built index is never complete
     finished = sorted(p.name for p in (root / ".build").glob("shard-*.jsonl"))
     assert 2 <= len(finished) < 9

@@ -7,12 +7,8 @@ import io
 import itertools
 import json
 import logging
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 
 import faiss
 import numpy as np
@@ -25,6 +21,7 @@ from asymmetry.index.corpus import open_corpus
 from asymmetry.index.manifest import WORK_DIR, load_manifest
 from asymmetry.index.store import PassageStore
 from asymmetry.retrieval import Retriever
+from tests.index.test_build import kill_when_written
 from tests.index.test_corpus import gensim_dump
 
 
@@ -135,16 +132,7 @@ def test_a_killed_ray_build_process_resumes_on_ray(ray_cluster, small_corpus, em
     root = tmp_path / "idx"
     cmd = [sys.executable, "-m", "asymmetry", "index", "build", "--corpus", str(small_corpus), "--index-dir",
            str(root), "--shard-size", "8", "--no-progress", "--ray", "--ray-workers", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not (root / WORK_DIR / "shard-00001.json").exists():
-            assert proc.poll() is None, proc.stdout.read().decode()
-            assert time.monotonic() < deadline, "the build never finished a second shard"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_when_written(cmd, root / WORK_DIR / "shard-00001.json")
     assert not (root / "manifest.json").exists()
     stamps = {p.name: p.stat().st_mtime_ns for p in (root / WORK_DIR).glob("shard-*.json")}
     assert 2 <= len(stamps) < 9
