@@ -64,7 +64,7 @@ def connect(num_cpus: int | None = None, *, object_store_mb: int | None = None) 
     return ray
 
 
-def workers(requested: int | None, per_worker_cpus: float = 1.0) -> int:
+def workers(requested: int | None) -> int:
     """How many workers to start: ``requested``, or as many as the cluster's CPUs (GPUs when it has any) allow."""
     ray = require_ray()
     if requested is not None:
@@ -75,15 +75,15 @@ def workers(requested: int | None, per_worker_cpus: float = 1.0) -> int:
     gpus = int(res.get("GPU", 0))
     if gpus:
         return gpus
-    return max(1, int(res.get("CPU", 1) // per_worker_cpus))
+    return max(1, int(res.get("CPU", 1)))
 
 
-def worker_options(per_worker_cpus: float = 1.0) -> dict[str, Any]:
-    """Ray actor options for one model-holding worker: a GPU each when the cluster has GPUs, else CPUs."""
+def worker_options() -> dict[str, Any]:
+    """Ray actor options for one model-holding worker: a GPU each when the cluster has GPUs, else one CPU."""
     ray = require_ray()
     if int(ray.cluster_resources().get("GPU", 0)):
         return {"num_gpus": 1, "num_cpus": 1}
-    return {"num_cpus": per_worker_cpus}
+    return {"num_cpus": 1}
 
 
 def get(ref: Any, what: str) -> Any:

@@ -24,6 +24,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import asdict
+from itertools import cycle
 from typing import Any
 
 import numpy as np
@@ -68,26 +69,14 @@ class EmbedWorker:
                                    lambda t: embed_passages(t, self.embedder, self.batch_size))
 
 
-class _Pool:
-    """Round-robin calls to the actors with a bound on calls in flight."""
-
-    def __init__(self, actors: list):
-        self.actors, self.turn = actors, 0
-
-    def call(self, method: str, *args):
-        actor = self.actors[self.turn % len(self.actors)]
-        self.turn += 1
-        return getattr(actor, method).remote(*args)
-
-
 def embed_shards_ray(job, shards, num_workers: int | None = None):
     """Step 1 of a build on Ray: fill ``shards`` (a ``build._Shards``) and leave every shard in ``job.work``."""
     ray = connect()
     n = workers(num_workers)
     remote = ray.remote(**worker_options())(EmbedWorker)
-    actors = [remote.remote(job.source.reader.name, job.embedder.name, job.batch_size, _chunking_dict(job.chunking),
+    actors = [remote.remote(job.source.reader.name, job.embedder.name, job.batch_size, asdict(job.chunking),
                             job.embedder.backend) for _ in range(n)]
-    pool = _Pool(actors)
+    turns = cycle(actors)  # calls go round the actors in turn
     window = 2 * n
     chunk_refs: deque = deque()  # in block order
     embed_refs: dict = {}  # ObjectRef -> (shard index, its chunks)
@@ -123,7 +112,7 @@ def embed_shards_ray(job, shards, num_workers: int | None = None):
             return
         while len(embed_refs) >= window:
             collect(block=True)
-        embed_refs[pool.call("embed", [c.indexed_text for c in chunks])] = (i, chunks)
+        embed_refs[next(turns).embed.remote([c.indexed_text for c in chunks])] = (i, chunks)
 
     try:
         exhausted = False
@@ -133,7 +122,7 @@ def embed_shards_ray(job, shards, num_workers: int | None = None):
                 if block is None:
                     exhausted = True
                 else:
-                    chunk_refs.append(pool.call("chunk", block))
+                    chunk_refs.append(next(turns).chunk.remote(block))
             if not chunk_refs:
                 break
             articles, chunks = get(chunk_refs.popleft(), BUILD)
@@ -158,7 +147,4 @@ def embed_shards_ray(job, shards, num_workers: int | None = None):
              embedded / max(secs, 1e-9))
     return shards
 
-
-def _chunking_dict(chunking: ChunkingConfig) -> dict:
-    return asdict(chunking)
 
