@@ -62,6 +62,21 @@ def option_metrics(answers: Sequence[int], scores: Sequence[Sequence[tuple[float
             "gold_prob": sum(p[2] for p in per) / n, "n": float(len(per))}
 
 
+def paired_accuracy(answers: Sequence[int], a: Sequence[Sequence[tuple[float, int]]],
+                    b: Sequence[Sequence[tuple[float, int]]]) -> tuple[float, float]:
+    """System a vs system b on the SAME questions, by primary accuracy: the mean per-question difference (+1 only a
+    right, -1 only b right, 0 otherwise) and its paired standard error (sample std / sqrt(n))."""
+    return _mean_se([float(_per_question(g, x)[0]) - float(_per_question(g, y)[0]) for g, x, y in zip(answers, a, b)])
+
+
+def _mean_se(diffs: Sequence[float]) -> tuple[float, float]:
+    """The mean of paired differences and its standard error (sample std / sqrt(n))."""
+    n = len(diffs)
+    mean = sum(diffs) / max(n, 1)
+    var = sum((d - mean) ** 2 for d in diffs) / max(n - 1, 1)
+    return mean, math.sqrt(var / max(n, 1))
+
+
 def paired_option_stats(answers: Sequence[int], expert: Sequence[Sequence[tuple[float, int]]],
                         base: Sequence[Sequence[tuple[float, int]]]) -> dict[str, float]:
     """Expert vs base on the SAME questions: the mean gain in gold-option probability with its standard error (the
@@ -73,8 +88,6 @@ def paired_option_stats(answers: Sequence[int], expert: Sequence[Sequence[tuple[
         diffs.append(pe[2] - pb[2])
         only_expert += pe[0] and not pb[0]
         only_base += pb[0] and not pe[0]
-    n = len(diffs)
-    mean = sum(diffs) / max(n, 1)
-    var = sum((d - mean) ** 2 for d in diffs) / max(n - 1, 1)
-    return {"gold_prob_gain": mean, "gold_prob_gain_se": math.sqrt(var / max(n, 1)),
+    mean, se = _mean_se(diffs)
+    return {"gold_prob_gain": mean, "gold_prob_gain_se": se,
             "only_expert_right": only_expert, "only_base_right": only_base}

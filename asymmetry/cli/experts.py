@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from asymmetry import defaults
-from asymmetry.eval.compare import compare_expert
+from asymmetry.eval.compare import COMPARE_SETS, compare_expert
 from asymmetry.experts.data import load_training_file
 from asymmetry.experts.registry import ExpertRegistry
 from asymmetry.experts.training import AdapterTrainSettings, train_adapter, train_default
@@ -71,17 +71,23 @@ def register(sub) -> None:
     td.set_defaults(func=cmd_train_defaults)
 
     cp = esub.add_parser(
-        "compare", help="score an expert against its bare base on its domain's validation questions",
-        description="Option log-likelihood on validation splits, expert and bare base scored in the same batches "
-        "(peft per-row adapters). Prints accuracy and mean gold-option probability per dataset, and the paired "
-        "comparison: the mean per-question gain in gold-option probability with its standard error, and how many "
-        "questions only the expert / only the base gets right.",
+        "compare", help="score an expert against its bare base on its domain's held-out questions",
+        description="Option log-likelihood, expert and bare base scored in the same batches (peft per-row "
+        "adapters), on the held-out parts of the expert's domain (default: test splits where a set ships labels - "
+        "ARC, OpenBookQA, MMLU - else validation or its evaluation half, never trained or tuned on) or on the "
+        "recipe's validation sets (--sets validation). Prints accuracy and mean gold-option probability per "
+        "dataset, the paired comparison (mean per-question gain in gold-option probability with its standard "
+        "error, questions only the expert / only the base gets right) and, for cloze experts, the base in eval mc's "
+        "plain format too: the expert against the better base format, paired accuracy gain +- standard error, "
+        "'yes' when it is at least two standard errors.",
     )
     cp.add_argument("name", help="an expert with an adapter")
     cp.add_argument("--dataset", action="append", metavar="NAME[:SPLIT]",
                     help="dataset (split default validation); repeatable; default: the expert's recipe")
     cp.add_argument("--limit", type=int, default=100, help="questions per dataset (seeded random subset; 0 = all)")
     cp.add_argument("--style", choices=("cloze", "lettered"), help="default: the expert's training style")
+    cp.add_argument("--sets", choices=COMPARE_SETS, default="heldout",
+                    help="the expert's held-out sets (default) or its recipe's validation sets; --dataset overrides")
     cp.add_argument("--json", action="store_true", help="print JSON rows")
     cp.set_defaults(func=cmd_compare)
 
@@ -148,15 +154,21 @@ def cmd_compare(args) -> int:
     datasets = None
     if args.dataset:
         datasets = [tuple(d.split(":", 1)) if ":" in d else (d, "validation") for d in args.dataset]
-    rows = compare_expert(_registry(args), args.name, datasets=datasets, limit=args.limit or None, style=args.style)
+    rows = compare_expert(_registry(args), args.name, datasets=datasets, limit=args.limit or None, style=args.style,
+                          sets=args.sets, eval_config=args.cfg.eval)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{'dataset':<16} {'split':<16} {'n':>5} {'base acc':>9} {'expert acc':>10} {'base p(gold)':>12} "
-          f"{'expert p(gold)':>14} {'gain ± se':>15} {'only exp/base right':>19}")
+          f"{'expert p(gold)':>14} {'gain ± se':>15} {'only exp/base right':>19} {'base plain':>10} "
+          f"{'vs best base ± se':>18} {'beats':>5}")
     for r in rows:
         gain = f"{r['gold_prob_gain']:+.3f} ± {r['gold_prob_gain_se']:.3f}"
         flips = f"{r['only_expert_right']}/{r['only_base_right']}"
         print(f"{r['dataset']:<16} {r['split']:<16} {r['n']:>5} {r['base_accuracy']:>9.3f} {r['expert_accuracy']:>10.3f} "
-              f"{r['base_gold_prob']:>12.3f} {r['expert_gold_prob']:>14.3f} {gain:>15} {flips:>19}")
+              f"{r['base_gold_prob']:>12.3f} {r['expert_gold_prob']:>14.3f} {gain:>15} {flips:>19}", end="")
+        if "gain_vs_best" in r:
+            vs = f"{r['gain_vs_best']:+.3f} ± {r['gain_vs_best_se']:.3f}"
+            print(f" {r['base_plain_accuracy']:>10.3f} {vs:>18} {'yes' if r['beats_best_base'] else 'no':>5}", end="")
+        print()
     return 0

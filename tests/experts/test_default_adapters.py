@@ -30,6 +30,19 @@ def test_smollm2_expert_beats_its_base(registry, expert, dataset):
     assert row["only_expert_right"] > row["only_base_right"], row
 
 
+def test_compare_judges_the_expert_against_the_better_base_format(registry):
+    # the base is scored twice (the expert's chat format and eval mc's plain one); the verdict uses the better one
+    (row,) = compare_expert(registry, "science", datasets=[("arc_easy", "test")], limit=24, progress=False)
+    assert row["n"] == 24 and row["style"] == "cloze"
+    assert 0.0 <= row["base_plain_accuracy"] <= 1.0
+    best = max(row["base_accuracy"], row["base_plain_accuracy"])
+    assert row["best_base"] == ("plain" if row["base_plain_accuracy"] > row["base_accuracy"] else "chat")
+    # the mean per-question difference of right answers is the difference of the accuracies
+    assert row["gain_vs_best"] == pytest.approx(row["expert_accuracy"] - best, abs=1e-3)
+    assert row["gain_vs_best_se"] > 0 or row["gain_vs_best"] == 0
+    assert row["beats_best_base"] == (row["gain_vs_best"] > 0 and row["gain_vs_best"] >= 2 * row["gain_vs_best_se"])
+
+
 @pytest.mark.slow
 def test_scholar_beats_its_base_on_mmlu(registry):
     # the README's n = 200 (about 12 minutes on 2 cores): at fewer questions +0.045 is within two standard errors
