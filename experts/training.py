@@ -14,6 +14,7 @@ import pickle
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,15 @@ from tqdm.auto import tqdm
 
 from asymmetry.atomic import atomic_dir, atomic_path
 from asymmetry.errors import AsymmetryError, ConfigError
+from asymmetry.experts.annotate import grounded_examples
 from asymmetry.experts.base import LoadedBase, load_model
 from asymmetry.experts.config import SMALL_EXPERTS, adapters_package_dir
+from asymmetry.experts.controls import CARD_FILE, CONTROL_ROWS, split_control_rows, trainable_rows
 from asymmetry.experts.data import DEFAULT_RECIPES, ChatExample, default_examples
 from asymmetry.experts.prompts import with_system
 from asymmetry.experts.tokens import answer_loss, encode_example, left_pad
 from asymmetry.integrity import finite_number, positive_int, verify_checksum, write_checksum, write_folder_checksums
 
-CARD_FILE = "asymmetry_card.json"
 CHECKPOINT_DIR = ".checkpoint"
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -80,6 +82,7 @@ class TrainResult:
     seconds: float
     resumed_from: int = 0
     card: dict = field(default_factory=dict)
+    model: Any = None  # the trained PeftModel, for inspection (its adapter is what was saved)
 
 
 @dataclass
@@ -112,8 +115,17 @@ def train_adapter(
     resume: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
+    control_tokens: dict[str, str] | None = None,
+    add_tokens: Callable[[Any, Any, list[str]], int] | None = None,
 ) -> TrainResult | None:
     """Train a LoRA adapter named ``name`` on ``examples`` and save it (with its card) to ``out_dir``.
+
+    ``control_tokens`` (control name -> token, the ``[controls]`` vocabulary) trains an expert that emits control
+    tokens: ``add_tokens(model, tokenizer, tokens)`` (``asymmetry.sampling.add_control_tokens``) gives the fresh base
+    the tokens first, and their embedding rows (and output rows, when the head is not tied to them) train beside the
+    LoRA weights (peft's ``trainable_token_indices``); every other row stays as it was. The rows are saved apart
+    (:mod:`asymmetry.experts.controls`) and the card records the vocabulary, so loading the expert gives its base the
+    same tokens and rows.
 
     ``stop_after`` trains at most that many steps in this call, saves a checkpoint and returns None: training in
     slices on a shared machine; continue with ``resume=True``.
@@ -126,9 +138,10 @@ def train_adapter(
     started = time.perf_counter()
     torch.manual_seed(s.seed)  # before the LoRA layers are built: their initial weights come from it
     loaded = load_model(base)  # a fresh, unshared copy: peft injects LoRA layers into the model it wraps
+    token_ids = _add_control_tokens(loaded, control_tokens, add_tokens)
     pad_id = loaded.tokenizer.pad_token_id
     train_enc, eval_enc = _encode_split(examples, loaded.tokenizer, system_prompt, s)
-    run = _start_run(name, loaded, s, n_train=len(train_enc), n_examples=len(examples))
+    run = _start_run(name, loaded, s, n_train=len(train_enc), n_examples=len(examples), token_ids=token_ids)
     if resume and ckpt_file.is_file():
         _restore_checkpoint(run, ckpt_file)
     resumed_from = run.step
@@ -142,11 +155,14 @@ def train_adapter(
     train_loss = _recent_loss(run.losses)
     card = _make_card(run, loaded, s, base=base, data_description=data_description, system_prompt=system_prompt,
                       n_train=len(train_enc), n_eval=len(eval_enc), train_loss=train_loss, eval_after=eval_after)
+    if token_ids:
+        card["controls"] = {"tokens": control_tokens, "ids": token_ids}
     _save_adapter(run, out_dir, card)
     shutil.rmtree(ckpt_file.parent, ignore_errors=True)
     return TrainResult(
         adapter_dir=out_dir, steps=run.step, train_loss=train_loss, eval_loss=eval_after,
         eval_loss_before=run.eval_before, seconds=time.perf_counter() - started, resumed_from=resumed_from, card=card,
+        model=run.model,
     )
 
 
@@ -168,6 +184,19 @@ def _check_inputs(name: str, examples: list[ChatExample], ckpt_file: Path, resum
         raise AsymmetryError(f"expert {name!r}: need at least 2 training examples, got {len(examples)}")
 
 
+def _add_control_tokens(loaded: LoadedBase, control_tokens: dict[str, str] | None, add_tokens) -> list[int] | None:
+    """Give the fresh base the control tokens; their ids (None without controls)."""
+    if control_tokens is None:
+        return None
+    if not control_tokens:
+        raise AsymmetryError("no control tokens to train ([controls] enabled = false?): enable the vocabulary")
+    if add_tokens is None:
+        raise AsymmetryError("control_tokens need add_tokens (asymmetry.sampling.add_control_tokens) to add them")
+    tokens = list(control_tokens.values())
+    add_tokens(loaded.model, loaded.tokenizer, tokens)
+    return [int(loaded.tokenizer.convert_tokens_to_ids(t)) for t in tokens]
+
+
 def _encode_split(examples: list[ChatExample], tokenizer, system_prompt: str | None,
                   s: AdapterTrainSettings) -> tuple[Encoded, Encoded]:
     """Shuffle with the run's seed, hold out an eval slice (``eval_size``, at most a fifth), tokenise both parts."""
@@ -182,15 +211,16 @@ def _encode_split(examples: list[ChatExample], tokenizer, system_prompt: str | N
     return [enc(i) for i in train_idx], [enc(i) for i in eval_idx]
 
 
-def _build_peft_model(loaded: LoadedBase, name: str, s: AdapterTrainSettings):
-    """The base wrapped with a fresh LoRA adapter ``name`` (on the last ``top_layers`` layers if set), in train mode."""
+def _build_peft_model(loaded: LoadedBase, name: str, s: AdapterTrainSettings, token_ids: list[int] | None = None):
+    """The base wrapped with a fresh LoRA adapter ``name`` (on the last ``top_layers`` layers if set), in train mode;
+    with ``token_ids``, those embedding rows (and output rows of an untied head) train too."""
     from peft import LoraConfig, get_peft_model
 
     n_layers = loaded.model.config.num_hidden_layers
     layers = list(range(max(0, n_layers - s.top_layers), n_layers)) if s.top_layers else None
     lora = LoraConfig(
         r=s.rank, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=list(s.target_modules),
-        layers_to_transform=layers, task_type="CAUSAL_LM",
+        layers_to_transform=layers, task_type="CAUSAL_LM", trainable_token_indices=trainable_rows(loaded, token_ids),
     )
     try:
         model = get_peft_model(loaded.model, lora, adapter_name=name)
@@ -200,13 +230,14 @@ def _build_peft_model(loaded: LoadedBase, name: str, s: AdapterTrainSettings):
     return model
 
 
-def _start_run(name: str, loaded: LoadedBase, s: AdapterTrainSettings, *, n_train: int, n_examples: int) -> _Run:
+def _start_run(name: str, loaded: LoadedBase, s: AdapterTrainSettings, *, n_train: int, n_examples: int,
+               token_ids: list[int] | None = None) -> _Run:
     """The peft model, AdamW over its trainable parameters and a linear warm-up/decay schedule, at step 0."""
     from transformers import get_linear_schedule_with_warmup
 
     steps_per_epoch = max(1, math.ceil(n_train / s.batch_size))
     total = s.max_steps or steps_per_epoch * s.epochs  # like transformers: max_steps overrides epochs
-    model = _build_peft_model(loaded, name, s)
+    model = _build_peft_model(loaded, name, s, token_ids)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
     scheduler = get_linear_schedule_with_warmup(optimizer, min(s.warmup_steps, total // 10 + 1), total)
@@ -335,6 +366,8 @@ def _save_adapter(run: _Run, out_dir: Path, card: dict) -> None:
             for f in nested.iterdir():
                 f.rename(tmp / f.name)
             nested.rmdir()
+        if card.get("controls"):
+            split_control_rows(tmp, card["controls"]["ids"])
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(_card_markdown(card), encoding="utf-8")
         write_folder_checksums(tmp)  # SHA256SUMS: verified before the adapter is attached (registry.check_adapter)
@@ -352,7 +385,9 @@ def _card_markdown(card: dict) -> str:
         f"- training: {card['steps']} steps, batch {s['batch_size']}, lr {s['lr']}, max length {s['max_length']}\n"
         f"- final train loss {card['final_train_loss']}; eval loss {card['eval_loss_before']} before -> "
         f"{card['final_eval_loss']} after\n"
-        f"- created {card['created']} by `asymmetry expert train`\n"
+        + (f"- control tokens (embedding rows trained, in `{CONTROL_ROWS}`): "
+           f"{', '.join(card['controls']['tokens'].values())}\n" if card.get("controls") else "")
+        + f"- created {card['created']} by `asymmetry expert train`\n"
     )
 
 
@@ -366,17 +401,30 @@ def read_card(adapter_dir: str | Path) -> dict | None:
         raise AsymmetryError(f"adapter card {path} is not valid JSON ({exc}): retrain the adapter or fix the file")
 
 
-def train_default(name: str, out_root: str | Path | None = None, *, resume: bool = False,
-                  progress: bool = True) -> TrainResult:
-    """Train one default expert (science, commonsense, scholar) from the shipped question sets, reproducibly."""
+def train_default(name: str, out_root: str | Path | None = None, *, resume: bool = False, progress: bool = True,
+                  control_tokens: dict[str, str] | None = None, add_tokens=None,
+                  instruction: str | None = None) -> TrainResult:
+    """Train one default expert (science, commonsense, scholar; grounded) from the shipped data sets, reproducibly.
+
+    A recipe with ``controls`` (``grounded``) trains on annotated grounded answers (:mod:`asymmetry.experts.annotate`)
+    and needs the control vocabulary's ``control_tokens``, ``add_tokens`` and the engine's cite ``instruction``."""
     if name not in DEFAULT_RECIPES:
         raise AsymmetryError(f"no default recipe for {name!r}: choose from {', '.join(DEFAULT_RECIPES)}")
     recipe = DEFAULT_RECIPES[name]
-    spec = next(e for e in SMALL_EXPERTS if e.name == name)  # the small line-up carries the LoRA experts
     settings = AdapterTrainSettings(**recipe["settings"])
     desc = ", ".join(f"{d} {sp}" + (f" (first {n} shuffled)" if n else "") for d, sp, n in recipe["train"])
+    if recipe.get("controls"):
+        if not control_tokens or instruction is None:
+            raise AsymmetryError(f"recipe {name!r} trains control tokens: pass control_tokens, add_tokens and "
+                                 "instruction (asymmetry expert train-defaults does)")
+        system_prompt = recipe["system_prompt"]
+        examples = grounded_examples(control_tokens, instruction=instruction, system=system_prompt, **recipe["data"])
+        desc += "; answers annotated recall/explain (experts/annotate.py)"
+    else:
+        system_prompt = next(e for e in SMALL_EXPERTS if e.name == name).system_prompt  # the small line-up's LoRAs
+        examples, control_tokens = default_examples(name), None
     return train_adapter(
-        name, default_examples(name), Path(out_root or adapters_package_dir()) / name, base=recipe["base"],
-        system_prompt=spec.system_prompt, settings=settings, data_description=f"{desc}; style {recipe['style']}",
-        resume=resume, progress=progress,
+        name, examples, Path(out_root or adapters_package_dir()) / name, base=recipe["base"],
+        system_prompt=system_prompt, settings=settings, data_description=f"{desc}; style {recipe['style']}",
+        resume=resume, progress=progress, control_tokens=control_tokens, add_tokens=add_tokens,
     )

@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 from asymmetry import defaults
+from asymmetry.engine import CITE_INSTRUCTION
 from asymmetry.eval.compare import COMPARE_SETS, compare_expert
-from asymmetry.experts.data import load_training_file
+from asymmetry.experts.data import DEFAULT_RECIPES, load_training_file
 from asymmetry.experts.registry import ExpertRegistry
 from asymmetry.experts.training import AdapterTrainSettings, train_adapter, train_default
+from asymmetry.sampling.controls import add_control_tokens
 
 
 def register(sub) -> None:
@@ -55,6 +57,10 @@ def register(sub) -> None:
     tr.add_argument("--checkpoint-every", type=int, default=50, help="save a resumable checkpoint every N steps")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--resume", action="store_true", help="continue from the checkpoint of an interrupted run")
+    tr.add_argument("--controls", action="store_true",
+                    help="train an expert that emits control tokens: add the [controls] vocabulary's tokens to the "
+                    "base and train their embedding rows too (the answers in --data hold tokens like <|recall|>; "
+                    "experts/annotate.py marks grounded answers); loading the expert gives its base the same rows")
     tr.add_argument("--skip-bad-lines", action="store_true",
                     help="skip malformed lines/rows (reported) instead of stopping")
     tr.set_defaults(func=cmd_train)
@@ -63,7 +69,8 @@ def register(sub) -> None:
         "train-defaults", help="reproduce the default experts' adapters from the shipped question sets",
         description="Train the default experts' adapters (science, commonsense: SmolLM2; scholar: Qwen2.5-Coder-"
         "0.5B) from ARC/OpenBookQA/SciQ, CommonsenseQA/SocialIQA/HellaSwag and MMLU train/validation data, with "
-        "the fixed settings in experts/data.py DEFAULT_RECIPES. Resumable.",
+        "the fixed settings in experts/data.py DEFAULT_RECIPES; and grounded (SmolLM2, emits control tokens) from "
+        "SciQ support and SQuAD tune paragraphs, answers annotated recall/explain. Resumable.",
     )
     td.add_argument("names", nargs="*", default=["science", "commonsense", "scholar"], help="experts to train")
     td.add_argument("--out", type=Path, help="folder for the adapters (default: experts/adapters in the source)")
@@ -133,7 +140,8 @@ def cmd_train(args) -> int:
     root = Path(args.cfg.experts.adapters_dir) if args.cfg.experts.adapters_dir else defaults.home() / "adapters"
     out = args.out or root / args.name
     result = train_adapter(args.name, report.examples, out, base=base, system_prompt=system_prompt,
-                           settings=settings, data_description=str(args.data), resume=args.resume)
+                           settings=settings, data_description=str(args.data), resume=args.resume,
+                           **(_control_args(args) if args.controls else {}))
     print(f"saved adapter {result.adapter_dir} ({result.steps} steps, train loss {result.train_loss:.4f}, "
           f"eval loss {result.eval_loss_before} -> {result.eval_loss})")
     if not known or known.adapter is None or Path(known.adapter) != out:
@@ -142,9 +150,17 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _control_args(args) -> dict:
+    """What training an expert that emits control tokens needs: the vocabulary and how tokens are added."""
+    vocab = args.cfg.controls  # an empty vocabulary ([controls] enabled = false) is refused by train_adapter
+    return {"control_tokens": {c.name: c.token for c in vocab.controls}, "add_tokens": add_control_tokens}
+
+
 def cmd_train_defaults(args) -> int:
     for name in args.names:
-        r = train_default(name, args.out, resume=args.resume)
+        extra = ({**_control_args(args), "instruction": CITE_INSTRUCTION}
+                 if DEFAULT_RECIPES.get(name, {}).get("controls") else {})
+        r = train_default(name, args.out, resume=args.resume, **extra)
         print(f"{name}: {r.adapter_dir} ({r.steps} steps, {r.seconds:.0f} s, train loss {r.train_loss:.4f}, "
               f"eval loss {r.eval_loss_before} -> {r.eval_loss})")
     return 0
