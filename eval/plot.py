@@ -9,6 +9,20 @@ from pathlib import Path
 from asymmetry.atomic import atomic_path
 
 
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Lay out ``fig``, write it to ``path`` as a PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:  # the suffix tells savefig the format
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
+    return path
+
+
 def plot_accuracy_by_expert(reports: list[dict], path: str | os.PathLike) -> Path:
     """One bar group per expert, one bar per run (labelled by retrieval on/off, normalisation and CFG scale)."""
     import matplotlib
@@ -36,14 +50,7 @@ def plot_accuracy_by_expert(reports: list[dict], path: str | os.PathLike) -> Pat
     ax.set_ylabel("accuracy")
     ax.set_title("Accuracy by expert")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_path(path, suffix=".png") as tmp:  # the suffix tells savefig the format
-            fig.savefig(tmp, dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 QA_METRICS = (("contains", "contains"), ("em", "exact match"), ("f1", "token F1"))
@@ -71,11 +78,4 @@ def plot_qa_by_expert(report: dict, path: str | os.PathLike) -> Path:
     ax.set_ylabel("share of questions")
     ax.set_title(f"Open-domain QA by expert ({report.get('questions', 0)} questions)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)

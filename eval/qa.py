@@ -49,6 +49,7 @@ from asymmetry.eval.distributed import map_blocks
 from asymmetry.eval.plot import plot_qa_by_expert
 from asymmetry.experts import PooledBase
 from asymmetry.integrity import read_jsonl_log
+from asymmetry.sampling.prefix import PromptCache
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +209,11 @@ def _baselines(item: QAItem, plan: Plan, bases: Mapping[str, PooledBase], varian
 
 
 def answer_record(engine: Engine, plan: Plan, item: QAItem, bases: Mapping[str, PooledBase],
-                  variants: Sequence[str]) -> dict[str, Any]:
-    """Decode one planned question (and its baselines); the predictions line."""
-    stream = engine.stream(plan)
+                  variants: Sequence[str], prompt_cache: PromptCache | None = None) -> dict[str, Any]:
+    """Decode one planned question (and its baselines); the predictions line. With ``prompt_cache`` the decode
+    starts from the KV of the prefix its prompt shares with the cache's last sequence, and the line also records
+    ``prefill_s``, ``reused_tokens`` and the answer's ``timings`` (per stage)."""
+    stream = engine.stream(plan, prompt_cache=prompt_cache)
     stream.text()
     answer = stream.answer
     passage_texts = [f"{p.title}\n{p.text}" for p in plan.passages]  # what the prompt showed, numbered from 1
@@ -218,9 +221,13 @@ def answer_record(engine: Engine, plan: Plan, item: QAItem, bases: Mapping[str, 
         "id": item.id, "question": item.question, "answers": list(item.answers), "source": item.source,
         "answer": answer.text, "expert": answer.expert, "confidence": None if answer.confidence is None else float(answer.confidence),
         "sources": _sources(answer),
+        "controls": [s["control"] for s in answer.stats.get("segments") or () if s["control"] is not None],
         **score_answer(answer.text, item.answers, passage_texts),
         "seconds": answer.timings.get("total"), "tokens": answer.stats.get("completion_tokens"),
     }
+    if prompt_cache is not None:
+        rec.update(prefill_s=answer.stats.get("prefill_s"), reused_tokens=answer.stats.get("reused_tokens"),
+                   timings=answer.timings)
     if bases:
         rec["baselines"] = _baselines(item, plan, bases, variants, passage_texts)
     return rec
@@ -325,7 +332,8 @@ def load_bases(engine: Engine, names: Sequence[str]) -> dict[str, PooledBase]:
 
 
 def answer_items(engine: Engine, items: Sequence[QAItem], expert: str, retrieval: bool, overrides: Mapping[str, Any],
-                 bases: Mapping[str, PooledBase], variants: Sequence[str], plan_batch: int) -> Iterator[list[dict]]:
+                 bases: Mapping[str, PooledBase], variants: Sequence[str], plan_batch: int,
+                 prompt_cache: PromptCache | None = None) -> Iterator[list[dict]]:
     """Plan ``items`` ``plan_batch`` at a time and answer them one by one, yielding each question's record (in a
     list: a Ray worker runs this on its block of questions)."""
     for i in range(0, len(items), plan_batch):
@@ -333,7 +341,7 @@ def answer_items(engine: Engine, items: Sequence[QAItem], expert: str, retrieval
         plans = engine.plan_many([Request(question=it.question, expert=expert, retrieval=retrieval,
                                           sampler=dict(overrides)) for it in chunk])
         for item, plan in zip(chunk, plans):
-            yield [answer_record(engine, plan, item, bases, variants)]
+            yield [answer_record(engine, plan, item, bases, variants, prompt_cache)]
 
 
 def answer_block(engine: Engine, items: list[QAItem], expert: str, retrieval: bool, overrides: dict[str, Any],
@@ -364,6 +372,7 @@ def run_qa(
     plot: bool = True,
     ray: bool = False,
     ray_workers: int | None = None,
+    prompt_cache: PromptCache | None = None,
 ) -> dict[str, Any]:
     """Answer and score a QA set, write the outputs into ``out_dir`` and return the report dict.
 
@@ -373,6 +382,10 @@ def run_qa(
     ``sampler``: sampler fields over ``[eval] qa_sampler`` (which sets them over the config and each expert's
     defaults). ``engine`` plans and decodes (pass one to share its loaded models); by default one is made from
     ``config``.
+
+    ``prompt_cache`` (local runs): a :class:`~asymmetry.sampling.prefix.PromptCache` kept across calls, so several
+    systems answering the same question in turn (``benchmarks/controls_pareto.py``) prefill its prompt once; each
+    predictions line then also records ``prefill_s``, ``reused_tokens`` and the answer's ``timings``.
     """
     if ray:
         require_ray()  # before anything is read or written: without Ray, say how to install it
@@ -406,7 +419,7 @@ def run_qa(
                              (expert, retrieval, dict(overrides), list(bases), variants, cfg.batch_size), ray_workers, {})
     else:
         batches = answer_items(engine, todo, expert, retrieval, overrides, load_bases(engine, bases), variants,
-                               cfg.batch_size)
+                               cfg.batch_size, prompt_cache)
     bar = tqdm(total=len(items), initial=len(items) - len(todo), unit="q", desc="eval qa" + (" on Ray" if ray else ""),
                disable=not progress, dynamic_ncols=True)
     with open(out / PREDICTIONS, "a", encoding="utf-8") as fh:

@@ -19,6 +19,7 @@ from asymmetry.eval.baseline import closed_messages, hf_generate
 from asymmetry.eval.qa import PREDICTIONS, load_predictions, open_out, run_qa
 from asymmetry.experts.config import ExpertsConfig, adapters_package_dir
 from asymmetry.retrieval.config import RetrievalConfig
+from asymmetry.sampling.prefix import PromptCache
 
 MAX_TOKENS = 10
 QUESTIONS = [
@@ -132,6 +133,26 @@ def test_resume_repairs_a_half_written_line(full_run, qa_file, engine, tmp_path,
     again = run_qa(qa_file, resumed_out, engine=engine, expert="general", baseline="hf", baseline_bases=["smollm2"],
                    resume=True, progress=False, plot=False)
     assert again["timings"]["answered_this_run"] == 0 and again["systems"] == resumed["systems"]
+
+
+def test_systems_in_turn_share_one_prompt_cache(qa_file, engine, tmp_path):
+    """Two systems answering each question in turn (benchmarks/controls_pareto.py) through one PromptCache: the second
+    reuses the first's prefill of the same prompt, and greedy answers stay those of a run without a cache."""
+    run_qa(qa_file, tmp_path / "plain", engine=engine, expert="general", limit=3, progress=False, plot=False)
+    plain = load_predictions(tmp_path / "plain" / PREDICTIONS)
+    cache = PromptCache()
+    for i in range(1, 4):
+        for name in ("first", "second"):
+            run_qa(qa_file, tmp_path / name, engine=engine, expert="general", limit=i, resume=True, progress=False,
+                   plot=False, prompt_cache=cache)
+    first, second = (load_predictions(tmp_path / name / PREDICTIONS) for name in ("first", "second"))
+    assert list(first) == list(second) == [q[0] for q in QUESTIONS[:3]]
+    for qid in first:
+        assert first[qid]["answer"] == second[qid]["answer"] == plain[qid]["answer"]
+        assert "reused_tokens" not in plain[qid]
+        # the same prompt again: all of it but the last token comes from the cache
+        assert second[qid]["reused_tokens"] > first[qid]["reused_tokens"] and second[qid]["reused_tokens"] > 100
+    assert first["paris"]["reused_tokens"] == 0  # an empty cache at the start
 
 
 def test_resume_refuses_a_changed_input_or_setting(full_run, qa_file, engine, tmp_path):
