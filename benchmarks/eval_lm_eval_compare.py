@@ -3,7 +3,8 @@
 1. Export N ARC-Easy validation questions with ``asymmetry eval export`` (the Kaggle layout).
 2. lm-eval (``pip install lm-eval``) scores that CSV through a custom task YAML (``dataset_path: csv``, the same
    ``Question: ...\\nAnswer:`` prompt and `` option`` continuations as its own ``arc_easy`` task) with its ``hf``
-   model pointed at the converted SmolLM2 folder (``asymmetry.experts.base.resolve_model()[1]``).
+   model pointed at SmolLM2 converted to a safetensors folder (``asymmetry.experts.base.convert_gguf``; our own
+   loader reads the GGUF itself).
 3. ``asymmetry eval mc`` scores the same CSV without retrieval on the bare base, with ``--normalize none`` (lm-eval's
    ``acc``) and ``--normalize char`` (``acc_norm``).
 Prints both accuracies and their difference (goal: within 1 point) and writes a JSON result.
@@ -76,11 +77,11 @@ def main() -> None:
     from asymmetry.config import EvalConfig
     from asymmetry.eval.mcfile import export_rows, read_mc_csv, write_mc_csv
     from asymmetry.eval.runner import run_mc
-    from asymmetry.experts.base import resolve_model
+    from asymmetry.experts.base import BUILTIN_FOLDERS, DEFAULT_BASE, builtin_gguf, convert_gguf
 
     work = Path(tempfile.mkdtemp(prefix="asym-lmeval-"))
     csv_path = write_mc_csv(export_rows(args.dataset, "validation", args.limit), work / f"{args.dataset}.csv")
-    model_dir = resolve_model()[1]
+    model_dir = convert_gguf(builtin_gguf(DEFAULT_BASE), BUILTIN_FOLDERS[DEFAULT_BASE], "float32")
     result: dict = {"dataset": args.dataset, "split": "validation", "questions": args.limit, "model": str(model_dir)}
 
     t0 = time.perf_counter()

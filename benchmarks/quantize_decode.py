@@ -20,6 +20,9 @@ linears instead of two, for a machine short of memory.
 ``streamed_bytes``: what one decode step reads of the weights (all of them but the input embedding, of which it reads
 one row; a head tied to the embedding is read whole), the KV cache aside.
 
+A GGUF base loads straight from its file (experts/gguf.py): ``int4`` is its 4-bit blocks as they are (the 1.5B's
+Q4_K linears; its Q6_K ones int8), ``int8`` and ``none`` its tensors dequantised in memory.
+
 Memory: the 1.5B holds 7.1 GB in float32, 2.3 GB with int8 linears, about 1.6 GB with int4; the quantized copies load
 first, so the peak is about 11 GB.
 """

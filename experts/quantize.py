@@ -17,7 +17,9 @@ dtype outside the layer; inside it they run in bfloat16 (the kernels' fast path 
   unpacked and dequantised to bfloat16 for that call (the int4 kernel is linear in rows: 137 ms at 500 rows against
   75 ms for unpack + bf16 GEMM). Unpacking reads torch's packed layout (blocks of 64 or 32 output rows, low nibbles the
   first half of a block; see aten's int4mm_kernel.cpp); the layout is checked once per process on a probe, and if it
-  does not match, a prefill runs the int4 kernel instead.
+  does not match, a prefill runs the int4 kernel instead. A GGUF's 4-bit blocks (Q4_K, Q4_1, Q4_0: 32 weights per
+  scale) are already this format: they become int4 layers as they are, group 32, without requantization
+  (``Int4Linear.from_quantized``, experts/gguf.py); "auto" holds a mostly-4-bit GGUF of 1B parameters or more so.
 * the output head: int8 in both modes (``quantize_head``; ``Placement.quantize_head`` / ``[experts] quantize_head``
   turn it off), unless tied to the input embedding (SmolLM2: the embedding would be quantized too). The 1.5B's
   float32 head (151,936 x 1,536) is 930 MB of what an int4 decode step reads; int8 is 233 MB. Adding control tokens
@@ -71,7 +73,6 @@ class Int8Linear(_WeightOnlyLinear):
         self.weight = nn.Parameter(q, requires_grad=False)
         self.register_buffer("scale", scale.to(torch.bfloat16))
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-        self.compute_dtype = weight.dtype
 
     def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
         if x2.shape[0] <= DECODE_ROWS:
@@ -98,18 +99,33 @@ class Int4Linear(_WeightOnlyLinear):
     per group of G input features, ``scale_zeros`` (K / G, N, 2): w = (q - 8) * scale + zero, q in 0..15."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, group: int | None = None):
-        nn.Module.__init__(self)
         n, k = weight.shape
-        self.in_features, self.out_features = k, n
-        self.group = group or int4_group(n, k)
-        if not self.group:
+        group = group or int4_group(n, k)
+        if not group:
             raise ValueError(f"int4 needs N a multiple of 16 and K of 32, got a weight of {n} x {k}")
-        q, scale_zeros = _int4_quantize(weight.detach().float(), self.group)  # (N, K) int32, (K/G, N, 2)
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)  # (N, K/2) uint8, torch's layout
+        q, scale_zeros = _int4_quantize(weight.detach().float(), group)  # (N, K) int32, (K/G, N, 2)
+        self._hold(q, scale_zeros, group, bias)
+
+    @classmethod
+    def from_quantized(cls, q: torch.Tensor, scale_zeros: torch.Tensor, group: int,
+                       bias: torch.Tensor | None = None) -> Int4Linear:
+        """A layer from weights already in this format: q (N, K) integers in 0..15 and scale_zeros (K/G, N, 2) with
+        w = (q - 8) * scale + zero — a GGUF's 4-bit blocks as they are (experts/gguf.py), with no requantization."""
+        n, k = q.shape
+        if n % 16 or k % group or group % 32:
+            raise ValueError(f"int4 needs N a multiple of 16 and K of the group (32 or 64), got {n} x {k}, group {group}")
+        layer = cls.__new__(cls)
+        layer._hold(q.to(torch.int32), scale_zeros, group, bias)
+        return layer
+
+    def _hold(self, q: torch.Tensor, scale_zeros: torch.Tensor, group: int, bias: torch.Tensor | None) -> None:
+        nn.Module.__init__(self)
+        self.out_features, self.in_features = q.shape
+        self.group = group
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)  # (N, K/2) uint8, torch's layout
         self.weight = nn.Parameter(packed, requires_grad=False)
         self.register_buffer("scale_zeros", scale_zeros.to(torch.bfloat16))
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-        self.compute_dtype = weight.dtype
 
     def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
         if x2.shape[0] <= INT4_KERNEL_ROWS or _int4_layout() is None:

@@ -1,19 +1,17 @@
-"""A bf16-stored base wanted in float32 with weight-only linears loads as stored, quantizes, then upcasts the rest:
-the same model as loading float32 first, without the float32 copy of every linear."""
+"""Weight-only layers next to float ones: upcasting leaves the quantized layers alone; the 1.5B loaded straight into
+int8 from its GGUF is the float32 load quantized afterwards, without the float32 copy."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
-from asymmetry.experts.base import Placement, load_model, resolve_model
+from asymmetry.experts.base import Placement, load_model
 from asymmetry.experts.quantize import _WeightOnlyLinear, quantize_model, upcast_unquantized
 
 
 def test_upcast_leaves_the_weight_only_layers_and_casts_the_rest():
-    _, path = resolve_model("smollm2")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    model = load_model("smollm2", Placement(dtype="bfloat16", quantize="none")).model
     quantize_model(model, "int8")
     upcast_unquantized(model, torch.float32)
     for module in model.modules():
@@ -26,10 +24,10 @@ def test_upcast_leaves_the_weight_only_layers_and_casts_the_rest():
         assert torch.isfinite(model(ids).logits).all()
 
 
-@pytest.mark.slow  # two copies of the 1.5B (about 14 GB at once) and two loads
-def test_the_low_memory_load_of_the_1_5b_equals_the_float32_first_load():
-    loaded = load_model("qwen2.5-coder-1.5b", Placement())  # the default placement: float32, int8 linears
-    reference = AutoModelForCausalLM.from_pretrained(loaded.path, dtype=torch.float32).eval()
+@pytest.mark.slow  # two copies of the 1.5B (about 10 GB at once) and two loads
+def test_the_int8_load_of_the_1_5b_equals_quantizing_the_float32_load():
+    loaded = load_model("qwen2.5-coder-1.5b", Placement(quantize="int8"))
+    reference = load_model("qwen2.5-coder-1.5b", Placement(quantize="none")).model
     quantize_model(reference, "int8")
     ids = loaded.tokenizer("The capital of France is", return_tensors="pt").input_ids
     with torch.inference_mode():
