@@ -39,6 +39,7 @@ from asymmetry.config import Config
 from asymmetry.embedder import Embedder
 from asymmetry.errors import AsymmetryError
 from asymmetry.experts import DEFAULT_BASE, Expert, ExpertModel, ExpertRegistry, ModelPool
+from asymmetry.experts.controls import adapter_controls, load_control_rows
 from asymmetry.experts.pool import BASE_ROW, PooledBase
 from asymmetry.index import ensure_index
 from asymmetry.retrieval import Passage, Retriever, pack_passages
@@ -175,6 +176,7 @@ class Plan:
     notice: str | None = None  # what was cut to fit the context
     searched: bool = False  # retrieval ran (whether or not it kept any passage)
     controls: list[str] = field(default_factory=list)  # the control tokens the question and history hold, in order
+    emit_controls: bool = False  # the expert may emit control tokens ([controls] generate; an expert trained with them)
 
     @property
     def row_kwargs(self) -> dict[str, Any]:
@@ -290,6 +292,8 @@ class Engine:
         self._batching: dict[str, Any] | None = None  # BatchRunner settings once start_batching was called
         self._runners: dict[int, BatchRunner] = {}  # id(pooled base) -> its running batch
         self._controlled: set[int] = set()  # id(pooled base) of the bases that hold the control tokens
+        self._control_rows: dict[int, str] = {}  # id(pooled base) -> the adapter whose trained control rows it holds
+        self._trained: dict[str, dict | None] = {}  # adapter folder -> its card's controls (None: not trained)
         vocab = self.config.controls
         self._control_names = {c.token: c.name for c in vocab.controls}  # empty when [controls] enabled = false
         self._control_text = (re.compile("|".join(re.escape(t) for t in sorted(self._control_names, key=len,
@@ -480,8 +484,35 @@ class Engine:
             return
         texts = [plan.question] + [str(m.get("content", "")) for m in plan.request.history]
         plan.controls = [self._control_names[t] for text in texts for t in self._control_text.findall(text)]
-        if plan.controls or self.config.controls.generate:
+        generate = self.config.controls.generate
+        trained = self._trained_controls(plan.expert)
+        plan.emit_controls = generate is True or (generate == "auto" and trained is not None)
+        if plan.controls or plan.emit_controls:
             self._add_controls(plan.model.base)
+            if trained is not None:
+                self._load_control_rows(plan.model.base, plan.expert, trained)
+
+    def _trained_controls(self, expert: Expert) -> dict | None:
+        """The card's ``controls`` of an expert whose adapter was trained to emit control tokens (else None)."""
+        if not expert.adapter:
+            return None
+        if expert.adapter not in self._trained:
+            self._trained[expert.adapter] = adapter_controls(expert.adapter)
+        return self._trained[expert.adapter]
+
+    def _load_control_rows(self, base: PooledBase, expert: Expert, trained: dict) -> None:
+        """Write the trained control rows of ``expert``'s adapter into its pooled base (once; one such adapter per
+        base: the rows are the base's own)."""
+        holder = self._control_rows.get(id(base))
+        if holder == expert.adapter:
+            return
+        if holder is not None:
+            raise AsymmetryError(
+                f"experts {holder} and {expert.adapter} both carry trained control-token rows for base {base.name}: "
+                "give one of them another base, or retrain them together")
+        with self._build_lock, base.lock:
+            load_control_rows(base.loaded.model, base.tokenizer, expert.adapter, trained)
+            self._control_rows[id(base)] = expert.adapter
 
     def _add_controls(self, base: PooledBase) -> None:
         """Give ``base`` the control tokens (once; zero embedding rows where its matrix has no spare ones, so every
@@ -491,6 +522,8 @@ class Engine:
         with self._build_lock:
             with base.lock:  # between two forwards of whoever decodes on this base
                 add_control_tokens(base.loaded.model, base.tokenizer, self.config.controls.tokens)
+                added = {int(base.tokenizer.convert_tokens_to_ids(t)) for t in self.config.controls.tokens}
+                base.control_ids = sorted(set(base.control_ids) | added)
             self._controlled.add(id(base))
 
     def _holds_controls(self, base: PooledBase) -> bool:
@@ -506,9 +539,12 @@ class Engine:
 
     def _generator(self, base: PooledBase) -> Generator:
         """A generator over ``base``: with the control vocabulary once the base holds the control tokens, else the
-        plain one (a base no request has steered decodes exactly as before)."""
+        plain one (a base no request has steered decodes exactly as before; with controls disabled here, tokens
+        another engine added are masked out)."""
         controls = self.config.controls if self._holds_controls(base) else None
-        return Generator(base.model, base.tokenizer, lock=base.lock, controls=controls)
+        # a base another engine on the pool gave control tokens: one with controls off never draws them
+        masked = base.control_ids if controls is None else ()
+        return Generator(base.model, base.tokenizer, lock=base.lock, controls=controls, masked=masked)
 
     def _build_prompt(self, plan: Plan) -> None:
         """Chat-template prompt within the context budget; trims passages, then history, then the question."""
@@ -582,7 +618,8 @@ class Engine:
         model = plan.model
         mixture = plan.mixture
         options = {"negative_prompt": plan.negative_prompt, "branches": mixture.branches if mixture else (),
-                   "combiner": mixture.combiner if mixture else None, "row_kwargs": plan.row_kwargs}
+                   "combiner": mixture.combiner if mixture else None, "row_kwargs": plan.row_kwargs,
+                   "emit_controls": plan.emit_controls}
         if self._batching is not None:
             generation = self._runner(model.base).submit(plan.prompt_ids, plan.sampler, **options)
         else:

@@ -77,6 +77,7 @@ class PooledBase:
     lock: threading.RLock = field(default_factory=threading.RLock)
     adapters: dict[str, str] = field(default_factory=dict)  # adapter name -> folder it was loaded from
     peft_model: Any = None
+    control_ids: list[int] = field(default_factory=list)  # ids of the control tokens added to it (by any engine)
 
     @property
     def name(self) -> str:

@@ -271,7 +271,8 @@ def _pad_left(t: torch.Tensor, width: int, dim: int = -2) -> torch.Tensor:
 
 def new_slot(gen: Generator, prompt: str | list[int], config: SamplerConfig, *, negative_prompt=None,
              branches: Sequence[Branch] = (), combiner: BranchCombiner | None = None,
-             row_kwargs: dict[str, Any] | None = None, stop: Sequence[str] | None = None) -> _Slot:
+             row_kwargs: dict[str, Any] | None = None, stop: Sequence[str] | None = None,
+             emit_controls: bool | None = None) -> _Slot:
     """One request laid out as the generator lays out a batch of one: its rows, chain, seed and stop strings."""
     if not isinstance(config, SamplerConfig):
         raise AsymmetryError(f"config must be a SamplerConfig, got {type(config).__name__}")
@@ -279,7 +280,8 @@ def new_slot(gen: Generator, prompt: str | list[int], config: SamplerConfig, *, 
     negative = negative_prompt if negative_prompt is not None else config.negative_prompt
     seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
     stops = list(config.stop) + list(stop or [])
-    rows, rows_kw, (req,) = gen._layout([prompt], config, negative, branches, combiner, row_kwargs, seed, stops)
+    rows, rows_kw, (req,) = gen._layout([prompt], config, negative, branches, combiner, row_kwargs, seed, stops,
+                                        emit_controls)
     return _Slot(req, config, rows, rows_kw, seed, gen)
 
 
@@ -319,11 +321,13 @@ class BatchRunner:
 
     def submit(self, prompt: str | list[int], config: SamplerConfig, *, negative_prompt=None,
                branches: Sequence[Branch] = (), combiner: BranchCombiner | None = None,
-               row_kwargs: dict[str, Any] | None = None, stop: Sequence[str] | None = None) -> BatchStream:
+               row_kwargs: dict[str, Any] | None = None, stop: Sequence[str] | None = None,
+               emit_controls: bool | None = None) -> BatchStream:
         """Queue one request (options as in :meth:`Generator.generate`). Its prompt, grammar and branches are
         checked here, in the caller's thread, so a bad request fails before it waits."""
         slot = new_slot(self.gen, prompt, config, negative_prompt=negative_prompt, branches=branches,
-                        combiner=combiner, row_kwargs=row_kwargs, stop=stop)  # the newest generator
+                        combiner=combiner, row_kwargs=row_kwargs, stop=stop,
+                        emit_controls=emit_controls)  # the newest generator
         with self._cond:
             if self._closed:
                 raise AsymmetryError("the batch runner is stopped: the server is shutting down")

@@ -99,12 +99,14 @@ def _control(where: str, name: str, table: object, rubrics: dict[str, str], toke
 class ControlsConfig:
     """[controls]: the control vocabulary (see the module docstring).
 
-    ``generate``: let the model emit control tokens. Only experts trained with them do so meaningfully; false (the
-    default) masks them out of the logits, so a base sees them only in prompts and samples exactly as before.
+    ``generate``: which models may emit control tokens. ``"auto"`` (the default): only experts whose adapter was
+    trained with the vocabulary (their card's ``controls``, experts/controls.py); every other model has them masked
+    out of the logits, so a base sees them only in prompts and samples exactly as before. ``true``: every model;
+    ``false``: none (an expert trained with them decodes as a plain one: the fixed-sampler baselines).
     """
 
     enabled: bool = True
-    generate: bool = False
+    generate: bool | str = "auto"
     token_format: str = "<|{name}|>"
     tau_values: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
     neg_cfg_scale: float = 1.5
@@ -114,9 +116,12 @@ class ControlsConfig:
 
     def __post_init__(self) -> None:
         w = "controls"
-        for name in ("enabled", "generate"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{w}.{name}", getattr(self, name), "use true or false")
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"{w}.enabled", self.enabled, "use true or false")
+        if self.generate not in (True, False, "auto") or isinstance(self.generate, int) and not isinstance(
+                self.generate, bool):
+            raise ConfigError(f"{w}.generate", self.generate,
+                              'use "auto" (experts trained with control tokens emit them), true or false')
         if not isinstance(self.token_format, str) or "{name}" not in self.token_format:
             raise ConfigError(f"{w}.token_format", self.token_format, "use a string holding {name}, e.g. <|{name}|>")
         if not isinstance(self.tau_values, list) or not all(

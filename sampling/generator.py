@@ -98,6 +98,7 @@ class _Request:
     config: SamplerConfig | None = None
     ctx: ChainContext | None = None
     controls: ControlTokens | None = None
+    emit_controls: bool = False  # the model may emit control tokens (else they are masked out)
     branch_rows: dict[str, int] = field(default_factory=dict)
     negative_row: int | None = None
     negative: str | list[int] | None = None
@@ -122,11 +123,13 @@ class _Request:
 class Generator:
     """Our generation loop over any Hugging Face causal LM and its tokenizer."""
 
-    def __init__(self, model, tokenizer, lock: threading.RLock | None = None, controls: ControlsConfig | None = None):
+    def __init__(self, model, tokenizer, lock: threading.RLock | None = None, controls: ControlsConfig | None = None,
+                 masked: Sequence[int] = ()):
         """``lock``: held for each forward (one decode step), never across a yield; pass the pooled base's lock
         when other requests share the model (peft's per-row adapters use hooks on the shared modules).
         ``controls``: the control vocabulary whose tokens steer the sampler; the tokenizer must hold its tokens
-        (:func:`~asymmetry.sampling.controls.add_control_tokens`, before this generator is made)."""
+        (:func:`~asymmetry.sampling.controls.add_control_tokens`, before this generator is made). ``masked``: token
+        ids never drawn (control tokens a base gained from another vocabulary this generator does not obey)."""
         self.model = model
         self.tokenizer = tokenizer
         self.lock = lock if lock is not None else contextlib.nullcontext()
@@ -145,6 +148,7 @@ class Generator:
         ids = self.controls.ids if self.controls is not None else []
         self._draw_width = ids[0] if ids and ids == list(range(ids[0], self.vocab_size)) else None
         self._control_ids = torch.tensor(ids, dtype=torch.long)  # (C,): masked every step while not generated
+        self._masked = torch.tensor(sorted(set(masked)), dtype=torch.long) if masked else None  # (M,): always
         self._token_texts: TokenTexts | None = None  # made when a request first asks for log-probabilities
 
     @property
@@ -152,6 +156,7 @@ class Generator:
         """Token bytes and the ids hidden from users (special, control, EOS), for log-probabilities."""
         if self._token_texts is None:
             hidden = set(self.eos_ids) | {int(i) for i in self._control_ids}
+            hidden |= {int(i) for i in self._masked} if self._masked is not None else set()
             self._token_texts = TokenTexts(self.tokenizer, self.vocab_size, hidden)
         return self._token_texts
 
@@ -209,7 +214,7 @@ class Generator:
                  negative_prompt: str | list[int] | None = None, stop: Sequence[str] | None = None,
                  forward_kwargs: dict[str, Any] | None = None, branches: Sequence[Branch] = (),
                  combiner: BranchCombiner | None = None, row_kwargs: dict[str, Any] | None = None,
-                 prompt_cache: PromptCache | None = None) -> Generation:
+                 prompt_cache: PromptCache | None = None, emit_controls: bool | None = None) -> Generation:
         """Generate a continuation of ``prompt``.
 
         ``negative_prompt`` (or ``config.negative_prompt``) turns on CFG: it runs as a second row of the same
@@ -218,11 +223,12 @@ class Generator:
         :class:`~asymmetry.sampling.stages.Mixture`) runs first in the chain and reads the ``branches`` it names.
         ``prompt_cache`` (:class:`~asymmetry.sampling.prefix.PromptCache`): on the one-row path, start from the KV
         of the prefix this prompt shares with the cache's last sequence and leave this sequence's KV in it
-        (``stats["reused_tokens"]``, ``stats["prefill_tokens"]``).
+        (``stats["reused_tokens"]``, ``stats["prefill_tokens"]``). ``emit_controls``: whether the model may emit
+        control tokens (:meth:`emits_controls`; default: ``[controls] generate = true``).
         """
         return self.generate_batch([prompt], config, negative_prompt=negative_prompt, stop=stop,
                                    forward_kwargs=forward_kwargs, branches=branches, combiner=combiner,
-                                   row_kwargs=row_kwargs, prompt_cache=prompt_cache)[0]
+                                   row_kwargs=row_kwargs, prompt_cache=prompt_cache, emit_controls=emit_controls)[0]
 
     def generate_batch(self, prompts: Sequence[str | list[int]], config: SamplerConfig | None = None, **kw
                        ) -> list[Generation]:
@@ -259,9 +265,18 @@ class Generator:
             if missing:
                 raise AsymmetryError(f"the combiner reads branch {missing[0]!r}, which was not passed in branches=")
 
+    def emits_controls(self, emit_controls: bool | None = None) -> bool:
+        """Whether a request may emit control tokens: ``emit_controls`` when given (the engine: an expert trained
+        with them), else ``[controls] generate = true``; never without a vocabulary."""
+        if self.controls is None:
+            return False
+        return self.controls.config.generate is True if emit_controls is None else bool(emit_controls)
+
     def _layout(self, prompts: list, config: SamplerConfig, negative, branches: Sequence[Branch],
-                combiner: BranchCombiner | None, row_kwargs: dict | None, seed: int, stops: list[str]):
+                combiner: BranchCombiner | None, row_kwargs: dict | None, seed: int, stops: list[str],
+                emit_controls: bool | None = None):
         """The batch rows of every request (primary, its branches, the CFG negative) and each request's chain."""
+        emit = self.emits_controls(emit_controls)
         rows: list[list[int]] = []
         rows_kw: list[dict[str, Any]] = []
         requests: list[_Request] = []
@@ -272,7 +287,7 @@ class Generator:
             # a CFG negative row kept for a rubric a generated control may switch to (only a model that may emit
             # controls needs it: a prompt control alone sets the whole answer's parameters, rows as it needs)
             vocab = self.controls.config if self.controls is not None else None
-            reserve = vocab is not None and vocab.uses_negative and vocab.generate
+            reserve = vocab is not None and vocab.uses_negative and emit
             row0 = len(rows)
             rows.append(ids)
             rows_kw.append(dict(row_kwargs or {}))
@@ -295,7 +310,7 @@ class Generator:
             buffer = torch.zeros(1, len(ids) + config.max_tokens, dtype=torch.long)  # (1, T_max)
             buffer[0, : len(ids)] = torch.tensor(ids)
             req = _Request(ids, chain, row0, len(rows) - row0, combiners, stops, buffer, seed, config=seg_config,
-                           ctx=ctx, controls=self.controls, branch_rows=branch_rows,
+                           ctx=ctx, controls=self.controls, emit_controls=emit, branch_rows=branch_rows,
                            negative_row=branch_rows.get("negative"), negative=seg_negative,
                            top_logprobs=config.logprobs)
             req.segments.append({"control": first, "start": 0, "config": seg_config})
@@ -329,7 +344,7 @@ class Generator:
 
     def _run(self, prompts: list, config: SamplerConfig, *, negative_prompt=None, stop=None, forward_kwargs=None,
              branches: Sequence[Branch] = (), combiner: BranchCombiner | None = None, row_kwargs=None,
-             prompt_cache: PromptCache | None = None):
+             prompt_cache: PromptCache | None = None, emit_controls: bool | None = None):
         if not isinstance(config, SamplerConfig):
             raise AsymmetryError(f"config must be a SamplerConfig, got {type(config).__name__}")
         if not prompts:
@@ -339,7 +354,8 @@ class Generator:
         stops = list(config.stop) + list(stop or [])
         seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
         rng: dict[str, torch.Generator] = {}  # one generator per logits device, seeded on first use
-        rows, rows_kw, requests = self._layout(prompts, config, negative, branches, combiner, row_kwargs, seed, stops)
+        rows, rows_kw, requests = self._layout(prompts, config, negative, branches, combiner, row_kwargs, seed, stops,
+                                               emit_controls)
         forward_kwargs = self._per_row_kwargs(rows_kw, forward_kwargs or {})
 
         n_rows = len(rows)
@@ -453,8 +469,10 @@ class Generator:
             logits = logits[:, : self.vocab_size]  # its requests draw from the vocabulary they started with
         scores = logits[req.row0: req.row0 + 1]  # (1, V)
         config = req.config or config
-        if req.controls is not None and not req.controls.config.generate:  # an untrained base never emits them
+        if req.controls is not None and not req.emit_controls:  # a model not trained with them never emits them
             scores = scores.index_fill(1, self._control_ids.to(scores.device), float("-inf"))
+        if self._masked is not None:
+            scores = scores.index_fill(1, self._masked.to(scores.device), float("-inf"))
         if req.chain:
             input_ids = req.buffer[:, : req.length]  # (1, T)
             if scores.device.type != "cpu":
@@ -467,7 +485,7 @@ class Generator:
             req.step_logprobs = scores[0].log_softmax(-1)  # (V,)
         if config.is_greedy:
             return int(scores.argmax(-1)), None
-        if (self._draw_width is not None and not req.controls.config.generate
+        if (self._draw_width is not None and not req.emit_controls
                 and not bool(torch.isfinite(scores[:, self._draw_width:]).any())):
             scores = scores[:, : self._draw_width]  # (1, V - C): every control is masked out
         probs = torch.softmax(scores, dim=-1)  # (1, V)
