@@ -417,19 +417,56 @@ def plot_front(rows: list[dict[str, Any]], path: Path) -> Path:
     fig, axes = plt.subplots(1, max(1, len(sets)), figsize=(5.2 * max(1, len(sets)), 4.2), squeeze=False)
     for ax, set_name in zip(axes[0], sets):
         mine = [r for r in rows if r["set"] == set_name and r["contains"] is not None and r["distinct2"] is not None]
+        n = max((r["n"] for r in mine), default=0)
+        short = [r["system"] for r in mine if r["n"] < n]  # not drawn: fewer questions than the others
+        mine = [r for r in mine if r["n"] == n]
         pts = [(r["distinct2"], r["contains"]) for r in mine]
+        seen: Counter = Counter()
         for r, (x, y) in zip(mine, pts):
-            ax.scatter(x, y, s=30, marker="*" if r["args"] and "<|" in r["args"] else "o")
-            ax.annotate(r["system"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.scatter(x, y, s=40, marker="*" if "<|" in r["args"] else "o")
+            ax.annotate(r["system"], (x, y), textcoords="offset points", xytext=(5, 3 + 9 * seen[(x, y)]), fontsize=8)
+            seen[(x, y)] += 1
         front = pareto(pts)
         if front:
-            ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=0.8, label="Pareto front")
-        n = max((r["n"] for r in mine), default=0)
-        ax.set_title(f"{set_name} ({mine[0]['part'] if mine else ''}, n={n})")
+            ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", marker="s", mfc="none", ms=10,
+                    lw=0.8, label="Pareto front")
+        ax.set_title(f"{set_name} ({mine[0]['part'] if mine else ''}, n={n})"
+                     + (f"\nnot drawn (n < {n}): {', '.join(short)}" if short else ""), fontsize=9)
         ax.set_xlabel("diversity: distinct-2 over all answers")
         ax.set_ylabel("contains (answer alias in the reply)")
         ax.legend(fontsize=8, loc="lower left")
     return save_figure(fig, path)
+
+
+def pooled(out: Path, rows: list[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
+    """Per system, every set together: the paired difference against ``reference`` over the questions both answered
+    (contains and F1), with its standard error."""
+    by_system: dict[str, dict[tuple, dict]] = {}
+    for r in rows:
+        recs = load_predictions(out / f"{r['set']}-{r['system']}" / PREDICTIONS)
+        by_system.setdefault(r["system"], {}).update({(r["set"], i): rec for i, rec in recs.items()})
+    ref = by_system.get(reference, {})
+    out_rows = []
+    for system, recs in by_system.items():
+        if system == reference:
+            continue
+        c, f = paired(recs, ref), paired(recs, ref, "f1")
+        if c is not None:
+            out_rows.append({"system": system, "n": c[2], "contains_diff": c[0], "contains_se": c[1],
+                             "f1_diff": f[0], "f1_se": f[1],
+                             "only_system_right": sum(recs[k]["contains"] > ref[k]["contains"] for k in recs if k in ref),
+                             "only_reference_right": sum(recs[k]["contains"] < ref[k]["contains"] for k in recs
+                                                         if k in ref)})
+    return out_rows
+
+
+def pooled_table(prows: list[dict[str, Any]], reference: str) -> str:
+    lines = [(f"| system | questions (all sets) | Δ contains vs {reference} ± paired SE | right only here / only "
+             f"{reference} | Δ F1 ± paired SE |"), "|---|---|---|---|---|"]
+    for r in prows:
+        lines.append(f"| {r['system']} | {r['n']} | {r['contains_diff']:+.3f} ± {r['contains_se']:.3f} | "
+                     f"{r['only_system_right']} / {r['only_reference_right']} | {r['f1_diff']:+.3f} ± {r['f1_se']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def report(out: Path, reference: str) -> None:
@@ -437,10 +474,11 @@ def report(out: Path, reference: str) -> None:
     if not rows:
         print(f"no finished runs in {out}")
         return
-    text = table(rows, reference)
+    prows = pooled(out, rows, reference)
+    text = table(rows, reference) + "\n" + pooled_table(prows, reference)
     print(text)
     atomic_write_text(out / "table.md", text)
-    atomic_write_json(out / "summary.json", {"reference": reference, "rows": rows})
+    atomic_write_json(out / "summary.json", {"reference": reference, "rows": rows, "pooled": prows})
     print(f"wrote {out / 'table.md'}, summary.json, {plot_front(rows, out / 'front.png').name}")
 
 
