@@ -135,10 +135,12 @@ def _mean(values) -> float | None:
 
 
 def summarise(out: Path) -> dict[str, Any]:
-    """Means over the prompts per (base, setting)."""
+    """Means over the prompts per (base, setting), on the prompts done under every setting."""
     rows = []
     for log in sorted(out.glob("*.jsonl")):
         recs = read_log(log)
+        have = Counter(r["prompt_id"] for r in recs)  # only prompts every setting answered: the means compare alike
+        recs = [r for r in recs if have[r["prompt_id"]] == len(SETTINGS)]
         for setting in SETTINGS:
             mine = [r for r in recs if r["setting"] == setting]
             if not mine:

@@ -421,11 +421,13 @@ def plot_front(rows: list[dict[str, Any]], path: Path) -> Path:
         short = [r["system"] for r in mine if r["n"] < n]  # not drawn: fewer questions than the others
         mine = [r for r in mine if r["n"] == n]
         pts = [(r["distinct2"], r["contains"]) for r in mine]
-        seen: Counter = Counter()
-        for r, (x, y) in zip(mine, pts):
+        span_x = (max(p[0] for p in pts) - min(p[0] for p in pts)) or 1.0 if pts else 1.0
+        span_y = (max(p[1] for p in pts) - min(p[1] for p in pts)) or 1.0 if pts else 1.0
+        for i, (r, (x, y)) in enumerate(zip(mine, pts)):
+            # labels of points closer than a label's size are stacked
+            near = sum(abs(x - x2) < 0.08 * span_x and abs(y - y2) < 0.05 * span_y for x2, y2 in pts[:i])
             ax.scatter(x, y, s=40, marker="*" if "<|" in r["args"] else "o")
-            ax.annotate(r["system"], (x, y), textcoords="offset points", xytext=(5, 3 + 9 * seen[(x, y)]), fontsize=8)
-            seen[(x, y)] += 1
+            ax.annotate(r["system"], (x, y), textcoords="offset points", xytext=(5, 3 + 10 * near), fontsize=8)
         front = pareto(pts)
         if front:
             ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", marker="s", mfc="none", ms=10,
@@ -434,7 +436,7 @@ def plot_front(rows: list[dict[str, Any]], path: Path) -> Path:
                      + (f"\nnot drawn (n < {n}): {', '.join(short)}" if short else ""), fontsize=9)
         ax.set_xlabel("diversity: distinct-2 over all answers")
         ax.set_ylabel("contains (answer alias in the reply)")
-        ax.legend(fontsize=8, loc="lower left")
+        ax.legend(fontsize=8, loc="best")
     return save_figure(fig, path)
 
 
