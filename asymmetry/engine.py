@@ -195,7 +195,7 @@ def sampler_with(base: SamplerConfig, overrides: Any) -> SamplerConfig:
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise AsymmetryError(f"unknown sampler field {unknown[0]!r}: valid fields are {', '.join(sorted(names))}")
-    return dataclasses.replace(base, **overrides)
+    return base.steer(**overrides)  # --mirostat over a greedy expert samples (see SamplerConfig.steer)
 
 
 class AnswerStream:

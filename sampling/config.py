@@ -142,6 +142,15 @@ class SamplerConfig:
         """A copy with ``changes`` applied (validated again)."""
         return replace(self, **changes)
 
+    def steer(self, **changes) -> SamplerConfig:
+        """``replace`` for changes that steer a request (per-call overrides, control tokens): a change that turns
+        mirostat on over a greedy config (an expert whose default is temperature 0), saying nothing of
+        ``temperature`` or ``greedy``, also leaves greedy decoding — temperature 1, the distribution mirostat's
+        target is defined on — since a greedy pick would ignore the target it asked for."""
+        if changes.get("mirostat") and self.is_greedy and not {"temperature", "greedy"} & changes.keys():
+            changes = {**changes, "temperature": 1.0, "greedy": False}
+        return replace(self, **changes)
+
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]

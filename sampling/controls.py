@@ -65,8 +65,9 @@ class Control:
     token: str = ""
 
     def apply(self, config: SamplerConfig) -> SamplerConfig:
-        """``config`` with this control's sampler fields set (validated again)."""
-        return config.replace(**self.sampler) if self.sampler else config
+        """``config`` with this control's sampler fields set (validated again; a control that sets mirostat over a
+        greedy expert leaves greedy decoding, see :meth:`SamplerConfig.steer`)."""
+        return config.steer(**self.sampler) if self.sampler else config
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "token": self.token, "sampler": dict(self.sampler), "negative": self.negative,

@@ -116,6 +116,23 @@ def test_control_token_in_prompt_sets_the_next_segments_tau(ctl):
     assert means[7] > means[2] + 3
 
 
+def test_a_tau_control_steers_an_expert_whose_default_is_greedy(ctl):
+    # the default line-up's experts decode at temperature 0: a control that sets mirostat must leave greedy (else the
+    # pick ignores the target and the segment reports no tau); a request without controls stays greedy
+    model, tok, _ = ctl
+    gen = Generator(model, tok, controls=VOCAB)
+    greedy = SamplerConfig(temperature=0.0, max_tokens=80, seed=1)
+    out = gen.generate("<|tau=5|>Once upon a time", greedy)
+    (seg,) = out.stats["segments"]
+    assert seg["tau"] == 5.0 and "mirostat" in out.stats["stages"], out.stats
+    assert abs(seg["mean_surprise_bits"] - 5) <= 1.0, seg
+    plain = gen.generate("Once upon a time", greedy)
+    assert plain.stats["segments"][0]["tau"] is None and "mirostat" not in plain.stats["stages"]
+    # the same rule for per-call overrides; an explicit temperature is kept
+    assert not greedy.steer(mirostat=2, tau=3.0).is_greedy
+    assert greedy.steer(mirostat=2, tau=3.0, temperature=0.0).is_greedy
+
+
 def _cfg_reference(model, prompt_ids, negatives, tokens_needed, scale, forced):
     """Greedy CFG recomputed from scratch at every step (no cache): negative ``negatives[step]`` + tokens so far."""
     tokens: list[int] = []
