@@ -94,7 +94,9 @@ def test_added_tokens_leave_ordinary_logits_and_sampling_unchanged(ctl, smollm):
     with torch.inference_mode():
         before = smollm.model(**ids).logits  # (1, T, V)
         after = model(**ids).logits  # (1, T, V + C)
-    torch.testing.assert_close(after[..., :n_before], before, atol=1e-5, rtol=1e-5)
+    # the tied head gains 15 rows, so the head GEMM has another shape and float32 rounding moves a few logits by up
+    # to ~3e-5 (of logits ~20 in size); a changed row would move them by whole units
+    torch.testing.assert_close(after[..., :n_before], before, atol=1e-4, rtol=1e-5)
     cfg = SamplerConfig(max_tokens=24, seed=3, top_k=40)
     plain = Generator(smollm.model, smollm.tokenizer).generate("Once upon a time", cfg)
     steered = Generator(model, tok, controls=VOCAB).generate("Once upon a time", cfg)
