@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from asymmetry.atomic import atomic_dir, atomic_path
 from asymmetry.errors import AsymmetryError, ConfigError
 from asymmetry.experts.annotate import grounded_examples
-from asymmetry.experts.base import LoadedBase, load_model
+from asymmetry.experts.base import LoadedBase, Placement, load_model
 from asymmetry.experts.config import SMALL_EXPERTS, adapters_package_dir
 from asymmetry.experts.controls import CARD_FILE, CONTROL_ROWS, split_control_rows, trainable_rows
 from asymmetry.experts.data import DEFAULT_RECIPES, ChatExample, default_examples
@@ -137,7 +137,9 @@ def train_adapter(
 
     started = time.perf_counter()
     torch.manual_seed(s.seed)  # before the LoRA layers are built: their initial weights come from it
-    loaded = load_model(base)  # a fresh, unshared copy: peft injects LoRA layers into the model it wraps
+    # a fresh, unshared copy (peft injects LoRA layers into the model it wraps), with float linears: torch's int8/int4
+    # weight-only kernels have no backward, and LoRA's gradients flow back through every base layer's input
+    loaded = load_model(base, Placement(quantize="none"))
     token_ids = _add_control_tokens(loaded, control_tokens, add_tokens)
     pad_id = loaded.tokenizer.pad_token_id
     train_enc, eval_enc = _encode_split(examples, loaded.tokenizer, system_prompt, s)
