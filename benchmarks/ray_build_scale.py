@@ -28,10 +28,10 @@ import numpy as np
 
 os.environ["ASYMMETRY_PREBUILT_VECTORS"] = "none"  # embed every passage (the shipped table would skip them)
 
-from asymmetry.atomic import atomic_write_json  # noqa: E402
-from asymmetry.cluster import connect  # noqa: E402
-from asymmetry.index import build_index  # noqa: E402
-from asymmetry.index.corpus import open_corpus  # noqa: E402
+from asymmetry.atomic import atomic_write_json
+from asymmetry.cluster import connect
+from asymmetry.index import build_index
+from asymmetry.index.corpus import open_corpus
 
 
 class _Rate(logging.Handler):
