@@ -7,14 +7,15 @@ dtype outside the layer; inside it they run in bfloat16 (the kernels' fast path 
 * int8: one scale per output channel (symmetric, absmax / 127). Up to ``DECODE_ROWS`` rows (decode, a short prompt,
   a chat turn's suffix after KV reuse): ``_weight_int8pack_mm`` — measured on this 2-core machine 2.1 ms for an
   8960 x 1536 weight against 8.0 ms in bf16 and 5.0 ms in fp32. More rows (a long prefill): the weight is dequantised
-  to bfloat16 for that one call and multiplied with a bf16 GEMM (the int8 kernel is 4x slower than a bf16 GEMM at 500
+  to bfloat16 for that one call and multiplied with a bf16 GEMM (float32 on a CPU without AVX512-BF16 or AMX, where
+  bf16 GEMMs are emulated: :func:`prefill_dtype`) (the int8 kernel is 4x slower than a bf16 GEMM at 500
   tokens). Dequantising every linear of the 1.5B costs about 3.5 s a call, so the kernel wins up to an estimated 140 rows: a
   prefill of 19 / 43 / 80 tokens on the 1.5B took 4.7 / 3.6 / 3.5 s with the kernel up to 16 rows and 0.77 / 1.5 /
   2.6 s up to 128 (``benchmarks/quantize_decode.py --int8-rows 16,64,128``).
 * int4: asymmetric, a scale and a zero point per group of ``INT4_GROUP`` input features (about 4.5 bits a weight), in
   torch's packed layout (``_convert_weight_to_int4pack_for_cpu``). Up to ``INT4_KERNEL_ROWS`` rows: the int4 kernel
   (0.37 ms for that 8960 x 1536 weight at one row against 0.42 ms for int8, same run); more rows: the weight is
-  unpacked and dequantised to bfloat16 for that call (the int4 kernel is linear in rows: 137 ms at 500 rows against
+  unpacked and dequantised to bfloat16 (or float32, as for int8) for that call (the int4 kernel is linear in rows: 137 ms at 500 rows against
   75 ms for unpack + bf16 GEMM). Unpacking reads torch's packed layout (blocks of 64 or 32 output rows, low nibbles the
   first half of a block; see aten's int4mm_kernel.cpp); the layout is checked once per process on a probe, and if it
   does not match, a prefill runs the int4 kernel instead. A GGUF's 4-bit blocks (Q4_K, Q4_1, Q4_0: 32 weights per
@@ -77,8 +78,9 @@ class Int8Linear(_WeightOnlyLinear):
     def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
         if x2.shape[0] <= DECODE_ROWS:
             return torch._weight_int8pack_mm(x2, self.weight, self.scale)  # (M, N)
-        w = self.weight.to(torch.bfloat16) * self.scale[:, None]  # (N, K), this call only
-        return torch.nn.functional.linear(x2, w)  # (M, N)
+        dtype = prefill_dtype()
+        w = self.weight.to(dtype) * self.scale.to(dtype)[:, None]  # (N, K), this call only
+        return torch.nn.functional.linear(x2.to(dtype), w)  # (M, N)
 
     def as_linear(self) -> nn.Linear:
         """This layer back as a float32 ``nn.Linear`` holding exactly q x scale (7 + 8 significant bits fit float32's
@@ -130,7 +132,8 @@ class Int4Linear(_WeightOnlyLinear):
     def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
         if x2.shape[0] <= INT4_KERNEL_ROWS or _int4_layout() is None:
             return torch._weight_int4pack_mm_for_cpu(x2, self.weight, self.group, self.scale_zeros)  # (M, N)
-        return torch.nn.functional.linear(x2, self.dequantized())  # (M, N)
+        dtype = prefill_dtype()
+        return torch.nn.functional.linear(x2.to(dtype), self.dequantized().to(dtype))  # (M, N)
 
     def dequantized(self) -> torch.Tensor:
         """The weight as bfloat16 (N, K), unpacked from torch's layout (for a prefill, and for tests)."""
@@ -187,6 +190,22 @@ def _int4_unpack(packed: torch.Tensor, n: int, k: int, block: int, lanes: bool) 
         p = flat[full * k // 2:].reshape(k, tail // 2)  # (K, T/2)
         out[full:] = torch.stack([(p & 15).t(), (p >> 4).t()], dim=1).reshape(tail, k)
     return out
+
+
+_PREFILL_DTYPE: list = []  # prefill_dtype's answer, once per process
+
+
+def prefill_dtype() -> torch.dtype:
+    """The dtype of a long input's GEMM after the weight is dequantised: bfloat16 where the CPU multiplies bf16 in
+    hardware (AVX512-BF16 or AMX), else float32. Without those instructions a bf16 GEMM is emulated: on an AVX2-only
+    2-core machine (AMD EPYC) a 1,000 x 1,536 by 1,536 x 8,960 product took 2.6 s in bf16 against 0.40 s in float32
+    (dequantisation included, 1 thread), so a 1,000-token prefill of the 1.5B took minutes instead of seconds."""
+    if not _PREFILL_DTYPE:
+        cpu = torch.cpu
+        fast = any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+        _PREFILL_DTYPE.append(torch.bfloat16 if fast else torch.float32)
+        log.debug("int8/int4 prefill GEMMs in %s", _PREFILL_DTYPE[0])
+    return _PREFILL_DTYPE[0]
 
 
 _LAYOUT: list = []  # the layout found by _int4_layout (cached once per process): (block, lanes) or None

@@ -14,6 +14,7 @@ from asymmetry.experts.quantize import (
     Int4Linear,
     Int8Linear,
     _int4_layout,
+    prefill_dtype,
     quantize_model,
 )
 from asymmetry.sampling import Generator, SamplerConfig, add_control_tokens
@@ -45,6 +46,22 @@ def test_int4_linear_matches_its_dequantized_weight_for_decode_and_prefill():
         got = q(x)
         assert got.dtype == x.dtype and got.shape == ref.shape
         torch.testing.assert_close(got, ref, atol=0.03, rtol=0.02)  # bf16 activations
+
+
+def test_prefill_gemms_run_in_bfloat16_only_where_the_cpu_multiplies_bf16_in_hardware(monkeypatch):
+    # an emulated bf16 GEMM was 6.6x slower than float32 on an AVX2-only CPU: prefills of the 1.5B took minutes
+    hardware = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert prefill_dtype() == (torch.bfloat16 if hardware else torch.float32)
+    seen = []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda x, w, b=None: seen.append((x.dtype, w.dtype)) or linear(x, w, b))
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(256, 192)
+    for layer, rows in ((Int8Linear(dense.weight, dense.bias), DECODE_ROWS + 1),
+                        (Int4Linear(dense.weight, dense.bias), INT4_KERNEL_ROWS + 1)):
+        seen.clear()
+        out = layer(torch.randn(rows, 256))
+        assert seen == [(prefill_dtype(), prefill_dtype())] and out.dtype == torch.float32
 
 
 def test_int4_odd_shapes_use_group_32_tail_blocks_or_int8():
