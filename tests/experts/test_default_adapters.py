@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from asymmetry.errors import AsymmetryError
 from asymmetry.eval.compare import compare_expert
 from asymmetry.experts import ExpertRegistry, ExpertsConfig
 
@@ -43,10 +44,9 @@ def test_compare_judges_the_expert_against_the_better_base_format(registry):
     assert row["beats_best_base"] == (row["gain_vs_best"] > 0 and row["gain_vs_best"] >= 2 * row["gain_vs_best_se"])
 
 
-@pytest.mark.slow
-def test_scholar_beats_its_base_on_mmlu(registry):
-    # the README's n = 200 (about 12 minutes on 2 cores): at fewer questions +0.045 is within two standard errors
-    (row,) = compare_expert(registry, "scholar", datasets=[("mmlu", "validation:eval")], limit=200, progress=False)
-    assert row["style"] == "cloze"
-    assert row["expert_accuracy"] > row["base_accuracy"], row
-    assert row["gold_prob_gain"] > 2 * row["gold_prob_gain_se"], row
+def test_the_dropped_scholar_adapter_is_out_of_the_small_line_up(registry):
+    # the committed scholar LoRA lost to the bare 0.5B in the plain format on MMLU test (README), so the line-up's
+    # scholar is that bare base, and comparing it is refused with the reason instead of scoring the base twice
+    assert registry.get("scholar").adapter is None and registry.get("scholar").base == "qwen2.5-coder-0.5b"
+    with pytest.raises(AsymmetryError, match="expert 'scholar' has no adapter"):
+        compare_expert(registry, "scholar", datasets=[("mmlu", "test")], limit=4, progress=False)
