@@ -50,7 +50,8 @@ MAX_CACHE = 256  # static cache length (tokens): the short prompt plus the new t
 class StaticLoop:
     """A greedy decode loop over a ``StaticCache``: eager prefill, then one-token steps (compiled or not)."""
 
-    def __init__(self, model, compile_options: dict | None, compiled: bool, max_cache: int = MAX_CACHE):
+    def __init__(self, model, compile_options: dict | None, compiled: bool, max_cache: int = MAX_CACHE,
+                 mode: str | None = None):
         import torch
         from transformers import StaticCache
 
@@ -58,8 +59,12 @@ class StaticLoop:
         self.cache = StaticCache(config=model.config, max_cache_len=max_cache)
         self.max_cache = max_cache
         self.compiled = compiled
-        self.step = (torch.compile(self._step, dynamic=False, fullgraph=True, options=compile_options or None)
-                     if compiled else self._step)
+        if compiled and mode:
+            self.step = torch.compile(self._step, dynamic=False, fullgraph=True, mode=mode)  # mode xor options
+        elif compiled:
+            self.step = torch.compile(self._step, dynamic=False, fullgraph=True, options=compile_options or None)
+        else:
+            self.step = self._step
         self.compile_s: float | None = None
 
     def _step(self, x, cache):  # (1, 1) ids -> (1, V) float logits
@@ -95,7 +100,8 @@ def placement_of(mode: str):
     return Placement(quantize=mode)
 
 
-def measure(spec: str, modes: list[str], compile_modes: list[str], rounds: int, tokens: int, freeze: bool) -> dict:
+def measure(spec: str, modes: list[str], compile_modes: list[str], rounds: int, tokens: int, freeze: bool,
+            compile_mode: str | None = None) -> dict:
     import torch
 
     from asymmetry.experts.base import load_model
@@ -119,7 +125,7 @@ def measure(spec: str, modes: list[str], compile_modes: list[str], rounds: int, 
             variants[f"{mode}/eager-static"] = {"kind": "loop", "mode": mode,
                                                 "loop": StaticLoop(base.model, None, False)}
             variants[f"{mode}/compiled"] = {"kind": "loop", "mode": mode,
-                                            "loop": StaticLoop(base.model, None, True)}
+                                            "loop": StaticLoop(base.model, None, True, mode=compile_mode)}
             if freeze:
                 variants[f"{mode}/frozen"] = {"kind": "loop", "mode": mode,
                                               "loop": StaticLoop(base.model, {"freezing": True}, True)}
@@ -222,6 +228,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--freeze", action="store_true", help="also inductor freezing")
+    ap.add_argument("--compile-mode", default=None, help="torch.compile's mode for the compiled variant (e.g. "
+                    "max-autotune-no-cudagraphs; default: inductor's default)")
     ap.add_argument("--exact", action="store_true", help="inductor's emulate_precision_casts: round every bf16 cast "
                     "as eager does (without it, fused kernels keep float32 between casts and int4's greedy tokens "
                     "drift from eager's after 15-21 tokens)")
@@ -238,12 +246,12 @@ def main() -> None:
         inductor_config.emulate_precision_casts = True
     results = {"threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.processor(),
                "cpu_capability": torch.backends.cpu.get_cpu_capability(), "load_average_start": os.getloadavg(),
-               "emulate_precision_casts": args.exact, "argv": sys.argv[1:],
+               "emulate_precision_casts": args.exact, "compile_mode": args.compile_mode, "argv": sys.argv[1:],
                "bases": []}
     modes = args.modes.split(",")
     cmodes = args.compile_modes.split(",") if args.compile_modes else modes
     for spec in args.bases.split(",") if args.bases else []:
-        res = measure(spec, modes, cmodes, args.rounds, args.tokens, args.freeze)
+        res = measure(spec, modes, cmodes, args.rounds, args.tokens, args.freeze, args.compile_mode)
         res["load_average_end"] = os.getloadavg()
         results["bases"].append(res)
         print(json.dumps({k: res[k] for k in ("base", "median_decode_tokens_per_s", "ratio_vs_float32_generator",
