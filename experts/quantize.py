@@ -2,7 +2,8 @@
 ``torch._weight_int4pack_mm_for_cpu``).
 
 Every decode step streams every weight once, so bytes per weight set the speed. Activations stay in the model's float
-dtype outside the layer; inside it they run in bfloat16 (the kernels' fast path on this AVX512-BF16 CPU).
+dtype outside the layer; inside it they run in bfloat16 (the kernels' fast path; the timings below are from an
+AVX512-BF16 machine).
 
 * int8: one scale per output channel (symmetric, absmax / 127). Up to ``DECODE_ROWS`` rows (decode, a short prompt,
   a chat turn's suffix after KV reuse): ``_weight_int8pack_mm`` — measured on this 2-core machine 2.1 ms for an
