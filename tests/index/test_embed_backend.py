@@ -62,14 +62,20 @@ def test_int8_index_gives_the_same_top_k(int8_index, small_index, small_corpus, 
     ours = Retriever.open(int8_index, config=config, embedder=int8_embedder)
     theirs = Retriever.open(small_index, config=config, embedder=embedder)
     shared = 0
-    for q in questions:  # the same first passage; a near tie may swap the fifth for the sixth
+    for q in questions:  # the same first passage; passages may swap only at a near tie around the fifth place
         mine, reference = ours.search(q, k=5, mode="dense"), theirs.search(q, k=5, mode="dense")
         assert mine[0].id == reference[0].id
-        by_id = {p.id: p.score for p in reference}
-        common = [p for p in mine if p.id in by_id]
-        assert len(common) >= 4 and max(abs(p.score - by_id[p.id]) for p in common) < 0.04
+        deep = {p.id: p.score for p in theirs.search(q, k=20, mode="dense")}  # float scores past the top 5
+        common = [p for p in mine if p.id in {r.id for r in reference}]
+        assert len(common) >= 3 and max(abs(p.score - deep[p.id]) for p in common) < 0.04
+        for p in mine:  # a passage only int8 ranks in the top 5 was within the tolerance of the float fifth
+            assert p.id in deep and deep[p.id] > reference[-1].score - 0.04, (q, p.title)
+        for r in reference:  # and one it dropped was within the tolerance of the int8 fifth
+            assert r.id in {p.id for p in mine} or r.score < mine[-1].score + 0.04, (q, r.title)
         shared += len(common)
-    assert shared >= 0.9 * 5 * len(questions)  # measured: 55 of 60, the first 12 of 12
+    # measured: 55 of 60 on an AVX512-VNNI machine, 53 of 60 on an AVX2-only one (its int8 kernels round
+    # differently); every swap there was among scores within 0.02 of each other
+    assert shared >= 0.85 * 5 * len(questions)
 
 
 def test_a_backend_mismatch_is_an_error(int8_index, small_index, int8_embedder, embedder, small_corpus):
