@@ -43,7 +43,7 @@ def register(sub) -> None:
         "ask",
         help="answer a question with cited Wikipedia sources",
         description="Route the question to an expert, retrieve Wikipedia passages, and answer with numbered sources. "
-        "The first run converts the default model and builds the default index (progress bars).",
+        "The first run joins the default model's GGUF and builds the default index (progress bars).",
     )
     p.add_argument("question", help="the question")
     p.add_argument("--json", action="store_true", help='print {"answer", "expert", "confidence", "sources", "timings"}')

@@ -173,7 +173,8 @@ class ExpertsConfig:
     max_memory: dict[str, str] | None = None  # e.g. {"0": "20GiB", "cpu": "60GiB"}
     offload_folder: str | None = None
     quantization: str | None = None  # "4bit" | "8bit" (CUDA + bitsandbytes)
-    quantize: str = "auto"  # CPU weight-only linears: "none" | "int8" | "int4" | "auto" (int8 for bases of >= 1B params)
+    quantize: str = "auto"  # CPU weight-only linears: "none" | "int8" | "int4" | "auto" (1B+ params: int4 from a mostly
+    # 4-bit GGUF, else int8; smaller bases float)
     quantize_head: bool = True  # with those, an untied output head in int8 too
     adapters_dir: str | None = None  # where `asymmetry expert train` writes adapters (default: <home>/adapters)
     lineup: str = "default"  # the built-in experts when `experts` is absent: "default" (1.5B base) or "small"
@@ -187,7 +188,7 @@ class ExpertsConfig:
         if self.lineup not in LINEUPS:
             raise ConfigError("experts.lineup", self.lineup, f"use one of {', '.join(LINEUPS)}")
         if self.quantize not in ("none", "int8", "int4", "auto"):
-            raise ConfigError("experts.quantize", self.quantize, "use none, int8, int4 or auto (int8 for bases of 1B+)")
+            raise ConfigError("experts.quantize", self.quantize, "use none, int8, int4 or auto (int4 or int8 for bases of 1B+)")
         if not isinstance(self.quantize_head, bool):
             raise ConfigError("experts.quantize_head", self.quantize_head, "use true or false")
         if self.device_map is not None and not isinstance(self.device_map, (str, dict)):
