@@ -68,7 +68,8 @@ def register(sub) -> None:
     td = esub.add_parser(
         "train-defaults", help="reproduce the default experts' adapters from the shipped question sets",
         description="Train the default experts' adapters (science, commonsense: SmolLM2, the small line-up's; "
-        "scholar: Qwen2.5-Coder-0.5B, committed but out of the line-up since it lost to its bare base on MMLU test) from ARC/OpenBookQA/SciQ, CommonsenseQA/SocialIQA/HellaSwag and MMLU train/validation data, with "
+        "scholar: Qwen2.5-Coder-0.5B, committed but out of the line-up since it lost to its bare base on MMLU test) "
+        "from ARC/OpenBookQA/SciQ, CommonsenseQA/SocialIQA/HellaSwag and MMLU train/validation data, with "
         "the fixed settings in experts/data.py DEFAULT_RECIPES; and grounded (SmolLM2, emits control tokens) from "
         "SciQ support and SQuAD tune paragraphs, answers annotated recall/explain. Resumable.",
     )
