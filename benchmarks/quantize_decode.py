@@ -43,6 +43,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 MODES = ["int4", "int8", "bf16", "none"]  # load order: quantized first (a float32 1.5B is the big one)
 FP_HEAD = "-fphead"  # a mode suffix: the output head stays float (Placement.quantize_head=False)
+WEIGHT_ONLY = "-wo"  # a mode suffix: int8 layers decode with the weight-only kernel (else the CPU's choice:
+#                      quantize.int8_decode_kernel, fbgemm's dynamic int8 where the CPU has no bf16 hardware)
 PROMPT = "Write a short paragraph about the history of the city of Rome."
 
 
@@ -76,6 +78,7 @@ def placement_of(mode: str):
 
     if mode == "bf16":
         return Placement(dtype="bfloat16", quantize="none")
+    mode = mode.removesuffix(WEIGHT_ONLY)
     quantize = mode.removesuffix(FP_HEAD)
     return Placement(quantize=quantize, quantize_head=quantize == mode)
 
@@ -110,7 +113,7 @@ def measure(spec: str, rounds: int, tokens: int, modes: list[str] = MODES, basel
     import torch
     from base_tiers import prompt_ids  # this folder's benchmark of the base tiers (the script's folder is on sys.path)
 
-    from asymmetry.experts import ModelPool
+    from asymmetry.experts import ModelPool, quantize
     from asymmetry.sampling import Generator, SamplerConfig
 
     pool = ModelPool()
@@ -139,6 +142,7 @@ def measure(spec: str, rounds: int, tokens: int, modes: list[str] = MODES, basel
     for r in range(rounds):
         order = modes[r % len(modes):] + modes[:r % len(modes)]
         for mode in order:
+            quantize.INT8_DECODE = "weight-only" if mode.endswith(WEIGHT_ONLY) else None
             with torch.inference_mode():
                 res = gens[mode].generate(short, greedy)
                 tps[mode].append(res.stats["tokens_per_s"])
@@ -190,7 +194,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--modes", default=",".join(MODES), help="of int4, int8, int4-fphead, int8-fphead (the head "
-                    "float), bf16, none (float32), in load order")
+                    "float), bf16, none (float32), in load order; a -wo suffix (int8-wo) decodes int8 layers with the weight-only "
+                    "kernel whatever the CPU")
     ap.add_argument("--baseline", default=None, help="the mode the ratios are against (default: none if measured)")
     ap.add_argument("--int8-rows", default=None, help="e.g. 16,64: also time short prefills with the int8 kernel "
                     "taking up to each number of rows (int8 must be among --modes)")
@@ -201,7 +206,10 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    from asymmetry.experts.quantize import int8_decode_kernel
+
     results = {"threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.processor(),
+               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "int8_decode_kernel": int8_decode_kernel(),
                "bases": []}
     modes = args.modes.split(",")
     baseline = args.baseline or ("none" if "none" in modes else modes[0])

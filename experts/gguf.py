@@ -357,7 +357,8 @@ def load(gguf: GgufFile, folder: Path, mode: str, dtype: torch.dtype, head: bool
         for t, module_name in later:
             module = model.get_submodule(module_name)
             if module_name == head_name:
-                layer = (Int8Linear(_float_tensor(t, processor, module.weight.shape, torch.float32), module.bias)
+                layer = (Int8Linear(_float_tensor(t, processor, module.weight.shape, torch.float32), module.bias,
+                                    head=True)
                          if head else None)
                 if layer is None:
                     _set_param(model, f"{module_name}.weight", _float_tensor(t, processor, module.weight.shape, dtype))

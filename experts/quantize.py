@@ -1,5 +1,5 @@
 """Weight-only int8 and int4 linear layers for CPU decoding, on torch's own kernels (``torch._weight_int8pack_mm``,
-``torch._weight_int4pack_mm_for_cpu``).
+``torch._weight_int4pack_mm_for_cpu``, and fbgemm's ``quantized.linear_dynamic`` where the CPU has no bf16 hardware).
 
 Every decode step streams every weight once, so bytes per weight set the speed. Activations stay in the model's float
 dtype outside the layer; inside it they run in bfloat16 (the kernels' fast path; the timings below are from an
@@ -13,6 +13,12 @@ AVX512-BF16 machine).
   tokens). Dequantising every linear of the 1.5B costs about 3.5 s a call, so the kernel wins up to an estimated 140 rows: a
   prefill of 19 / 43 / 80 tokens on the 1.5B took 4.7 / 3.6 / 3.5 s with the kernel up to 16 rows and 0.77 / 1.5 /
   2.6 s up to 128 (``benchmarks/quantize_decode.py --int8-rows 16,64,128``).
+* int8 on a CPU without bf16 hardware (AVX2 only): both kernels above take bf16 activations, which such a CPU
+  emulates, so a short input runs fbgemm's int8 x int8 kernel instead, on the same int8 weight and scales, each row's
+  activations quantized on their own (:func:`int8_decode_kernel`; measured 0.46 ms against 2.07 ms weight-only and
+  1.95 ms int4 for that 8960 x 1536 weight at one row, 1 thread). "auto" then holds a 4-bit GGUF in int8, not int4
+  (:func:`int4_decodes_faster`). fbgemm packs its own copy of the weight at the first decode call. An output head
+  keeps the weight-only kernel: its logits stay bf16-precise.
 * int4: asymmetric, a scale and a zero point per group of ``INT4_GROUP`` input features (about 4.5 bits a weight), in
   torch's packed layout (``_convert_weight_to_int4pack_for_cpu``). Up to ``INT4_KERNEL_ROWS`` rows: the int4 kernel
   (0.37 ms for that 8960 x 1536 weight at one row against 0.42 ms for int8, same run); more rows: the weight is
@@ -21,7 +27,7 @@ AVX512-BF16 machine).
   first half of a block; see aten's int4mm_kernel.cpp); the layout is checked once per process on a probe, and if it
   does not match, a prefill runs the int4 kernel instead. A GGUF's 4-bit blocks (Q4_K, Q4_1, Q4_0: 32 weights per
   scale) are already this format: they become int4 layers as they are, group 32, without requantization
-  (``Int4Linear.from_quantized``, experts/gguf.py); "auto" holds a mostly-4-bit GGUF of 1B parameters or more so.
+  (``Int4Linear.from_quantized``, experts/gguf.py); "auto" holds a mostly-4-bit GGUF of 1B parameters or more so where int4 decodes faster than int8.
 * the output head: int8 in both modes (``quantize_head``; ``Placement.quantize_head`` / ``[experts] quantize_head``
   turn it off), unless tied to the input embedding (SmolLM2: the embedding would be quantized too). The 1.5B's
   float32 head (151,936 x 1,536) is 930 MB of what an int4 decode step reads; int8 is 233 MB. Adding control tokens
@@ -54,7 +60,7 @@ class _WeightOnlyLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
-        y = self._matmul(x.reshape(-1, shape[-1]).to(torch.bfloat16))  # (M, K) -> (M, N)
+        y = self._matmul(x.reshape(-1, shape[-1]))  # (M, K) -> (M, N), each path in the dtype its kernel takes
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.to(dtype).reshape(*shape[:-1], self.out_features)
@@ -66,9 +72,13 @@ class _WeightOnlyLinear(nn.Linear):
 class Int8Linear(_WeightOnlyLinear):
     """A linear layer with an int8 weight (N, K) and a float scale per output channel (N,)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, head: bool = False):
         nn.Module.__init__(self)
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        # An output head always decodes with the weight-only kernel: its logits pick the token, and the dynamic
+        # kernel's 7-bit activations moved SmolLM2's (untied) logits by up to 0.3 and changed a greedy text after 10
+        # tokens, where bf16 activations keep them within a few hundredths.
+        self.head = head
         w = weight.detach().float()  # (N, K)
         scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12)  # (N,)
         q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8).contiguous()  # (N, K)
@@ -78,10 +88,37 @@ class Int8Linear(_WeightOnlyLinear):
 
     def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
         if x2.shape[0] <= DECODE_ROWS:
-            return torch._weight_int8pack_mm(x2, self.weight, self.scale)  # (M, N)
+            if not self.head and int8_decode_kernel() == "dynamic":
+                packed = self._packed()
+                rows = [torch.ops.quantized.linear_dynamic(row, packed, True) for row in x2.float().split(1)]
+                return torch.cat(rows) if len(rows) > 1 else rows[0]  # (M, N) float32
+            return torch._weight_int8pack_mm(x2.to(torch.bfloat16), self.weight, self.scale)  # (M, N)
         dtype = prefill_dtype()
         w = self.weight.to(dtype) * self.scale.to(dtype)[:, None]  # (N, K), this call only
         return torch.nn.functional.linear(x2.to(dtype), w)  # (M, N)
+
+    def _packed(self):
+        """fbgemm's packed form of this weight (the same int8 values and scales), made at the first dynamic decode
+        call; it holds another copy of the int8 weight (the 1.5B: 3.6 GB in RAM before its first decode, 4.9 after)."""
+        key = (self.weight.data_ptr(), self.weight._version, self.scale.data_ptr())
+        held = self.__dict__.get("_fbgemm")
+        if held is not None and held[0] == key:
+            return held[1]
+        import warnings
+
+        with warnings.catch_warnings():  # torch marks quantized tensors deprecated; the op itself is not
+            warnings.simplefilter("ignore")
+            scale = self.scale.double()
+            q = torch._make_per_channel_quantized_tensor(self.weight.detach(), scale,
+                                                         torch.zeros_like(scale, dtype=torch.long), 0)
+            packed = torch.ops.quantized.linear_prepack(q, None)
+        self.__dict__["_fbgemm"] = (key, packed)  # remade if the weight or scale is replaced or changed
+        return packed
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_fbgemm", None)  # a C++ object: pickles and deep copies remake it at their first decode
+        return state
 
     def as_linear(self) -> nn.Linear:
         """This layer back as a float32 ``nn.Linear`` holding exactly q x scale (7 + 8 significant bits fit float32's
@@ -94,7 +131,8 @@ class Int8Linear(_WeightOnlyLinear):
         return out
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weight-only"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, int8 weight-only"
+                + (", output head" if self.head else ""))
 
 
 class Int4Linear(_WeightOnlyLinear):
@@ -132,7 +170,7 @@ class Int4Linear(_WeightOnlyLinear):
 
     def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
         if x2.shape[0] <= INT4_KERNEL_ROWS or _int4_layout() is None:
-            return torch._weight_int4pack_mm_for_cpu(x2, self.weight, self.group, self.scale_zeros)  # (M, N)
+            return torch._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16), self.weight, self.group, self.scale_zeros)  # (M, N)
         dtype = prefill_dtype()
         return torch.nn.functional.linear(x2.to(dtype), self.dequantized().to(dtype))  # (M, N)
 
@@ -209,6 +247,41 @@ def prefill_dtype() -> torch.dtype:
     return _PREFILL_DTYPE[0]
 
 
+INT8_DECODE_KERNELS = ("weight-only", "dynamic")
+INT8_DECODE: str | None = None  # one of INT8_DECODE_KERNELS to force it (benchmarks, tests); None: by the CPU
+_DYNAMIC_OK: list = []  # whether this torch has fbgemm's dynamic int8 linear (checked once per process)
+
+
+def int8_decode_kernel() -> str:
+    """The kernel an int8 layer runs for a short input (decode, up to ``DECODE_ROWS`` rows): ``"weight-only"``
+    (``torch._weight_int8pack_mm``, bf16 activations) where the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX,
+    where it was measured), else ``"dynamic"``: fbgemm's int8 x int8 linear (``torch.ops.quantized.linear_dynamic``)
+    on each row, its activations quantized per row (one scale and zero point a token, 7 bits so AVX2's 16-bit
+    accumulation cannot saturate) and the same int8 weight and scales. On the AVX2-only machine (1 thread, an
+    8,960 x 1,536 weight, one row) the weight-only kernel took 2.07 ms, the int4 one 1.95 ms and fbgemm's 0.46 ms:
+    bf16 activations are emulated there. Rows are quantized one by one, so a row's output never depends on the other
+    rows of its batch. ``INT8_DECODE`` forces either kernel."""
+    if INT8_DECODE:
+        if INT8_DECODE not in INT8_DECODE_KERNELS:
+            raise ValueError(f"unknown int8 decode kernel {INT8_DECODE!r}: use one of {', '.join(INT8_DECODE_KERNELS)}")
+        return INT8_DECODE
+    if prefill_dtype() == torch.bfloat16:
+        return "weight-only"
+    if not _DYNAMIC_OK:
+        ok = hasattr(torch.ops.quantized, "linear_dynamic") and "fbgemm" in torch.backends.quantized.supported_engines
+        _DYNAMIC_OK.append(ok)
+        if not ok:
+            log.info("this torch has no fbgemm dynamic int8 linear: int8 layers decode with the weight-only kernel")
+    return "dynamic" if _DYNAMIC_OK[0] else "weight-only"
+
+
+def int4_decodes_faster() -> bool:
+    """Whether this CPU decodes int4 layers faster than int8 ones, so "auto" holds a 4-bit GGUF as int4: where the
+    int8 layers run the weight-only kernel (bf16 hardware). Where they run fbgemm's dynamic kernel (a CPU without bf16
+    hardware), int8 is the faster: the 1.5B decoded 5.9 tokens/s in int8 against 3.6 in int4 on the AVX2 machine."""
+    return int8_decode_kernel() == "weight-only"
+
+
 _LAYOUT: list = []  # the layout found by _int4_layout (cached once per process): (block, lanes) or None
 
 
@@ -277,7 +350,7 @@ def quantize_head(model: nn.Module) -> bool:
     head = get() if get is not None else None
     if type(head) is not nn.Linear or head_is_tied(model):
         return False
-    model.set_output_embeddings(Int8Linear(head.weight, head.bias))
+    model.set_output_embeddings(Int8Linear(head.weight, head.bias, head=True))
     return True
 
 

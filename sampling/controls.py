@@ -244,5 +244,5 @@ def add_control_tokens(model, tokenizer, tokens: list[str]) -> int:
             if out is not None and out.weight.shape[0] > rows:
                 out.weight[rows:] = 0
         if quantized:
-            model.set_output_embeddings(type(head)(out.weight, out.bias))
+            model.set_output_embeddings(type(head)(out.weight, out.bias, head=getattr(head, "head", False)))
     return len(new)
