@@ -29,7 +29,7 @@ from asymmetry import defaults
 from asymmetry.atomic import atomic_dir, atomic_path
 from asymmetry.errors import AsymmetryError
 from asymmetry.experts import gguf as gguf_loader
-from asymmetry.experts.quantize import QUANTIZE_MODES, int4_decodes_faster, quantize_model, upcast_unquantized
+from asymmetry.experts.quantize import QUANTIZE_MODES, quantize_model, upcast_unquantized
 from asymmetry.integrity import folder_quick_check, write_folder_checksums
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class Placement:
     max_memory: dict | None = None
     offload_folder: str | None = None
     quantization: str | None = None  # bitsandbytes on CUDA: "4bit" | "8bit"
-    quantize: str = "auto"  # CPU weight-only: "none" | "int8" | "int4" | "auto" (_cpu_quantize_mode)
+    quantize: str = "auto"  # CPU weight-only: "none" | "int8" | "int4" | "auto" (from 1B params: int4 for a 4-bit GGUF, else int8)
     quantize_head: bool = True  # with int8/int4 linears, the output head in int8 too (unless tied to the embedding)
 
     def key(self) -> tuple:
@@ -299,15 +299,13 @@ def _check_mode(mode: str) -> None:
 
 def _cpu_quantize_mode(placement: Placement, parameters: int, four_bit: bool = False) -> str:
     """The weight-only mode of a base held wholly in CPU RAM. "auto": none below 1B parameters; from 1B up, int4 for
-    a GGUF whose weights are mostly 4-bit blocks (held as they are, no requantization) on a CPU where int4 decodes
-    faster than int8 (bf16 hardware), int8 otherwise (``quantize.int4_decodes_faster``: on an AVX2-only CPU int8
-    layers decode with fbgemm's dynamic int8 kernel, 1.6x the int4 one on the 1.5B)."""
+    a GGUF whose weights are mostly 4-bit blocks (held as they are, no requantization), int8 otherwise."""
     _check_mode(placement.quantize)
     if placement.quantize != "auto":
         return placement.quantize
     if parameters < AUTO_QUANTIZE_PARAMETERS:
         return "none"
-    return "int4" if four_bit and int4_decodes_faster() else "int8"
+    return "int4" if four_bit else "int8"
 
 
 def _quantization_config(kind: str, cpu_offload: bool = False):

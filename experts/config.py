@@ -174,7 +174,7 @@ class ExpertsConfig:
     offload_folder: str | None = None
     quantization: str | None = None  # "4bit" | "8bit" (CUDA + bitsandbytes)
     quantize: str = "auto"  # CPU weight-only linears: "none" | "int8" | "int4" | "auto" (1B+ params: int4 from a mostly
-    # 4-bit GGUF on a CPU with bf16 hardware, else int8 (decoded by fbgemm's int8 kernel without it); smaller bases float)
+    # 4-bit GGUF, else int8; smaller bases float)
     quantize_head: bool = True  # with those, an untied output head in int8 too
     adapters_dir: str | None = None  # where `asymmetry expert train` writes adapters (default: <home>/adapters)
     lineup: str = "default"  # the built-in experts when `experts` is absent: "default" (1.5B base) or "small"

@@ -1,5 +1,5 @@
 """Weight-only int8 and int4 linear layers for CPU decoding, on torch's own kernels (``torch._weight_int8pack_mm``,
-``torch._weight_int4pack_mm_for_cpu``, and fbgemm's ``quantized.linear_dynamic`` where the CPU has no bf16 hardware).
+``torch._weight_int4pack_mm_for_cpu``; opt-in: fbgemm's ``quantized.linear_dynamic``).
 
 Every decode step streams every weight once, so bytes per weight set the speed. Activations stay in the model's float
 dtype outside the layer; inside it they run in bfloat16 (the kernels' fast path; the timings below are from an
@@ -13,12 +13,11 @@ AVX512-BF16 machine).
   tokens). Dequantising every linear of the 1.5B costs about 3.5 s a call, so the kernel wins up to an estimated 140 rows: a
   prefill of 19 / 43 / 80 tokens on the 1.5B took 4.7 / 3.6 / 3.5 s with the kernel up to 16 rows and 0.77 / 1.5 /
   2.6 s up to 128 (``benchmarks/quantize_decode.py --int8-rows 16,64,128``).
-* int8 on a CPU without bf16 hardware (AVX2 only): both kernels above take bf16 activations, which such a CPU
-  emulates, so a short input runs fbgemm's int8 x int8 kernel instead, on the same int8 weight and scales, each row's
-  activations quantized on their own (:func:`int8_decode_kernel`; measured 0.46 ms against 2.07 ms weight-only and
-  1.95 ms int4 for that 8960 x 1536 weight at one row, 1 thread). "auto" then holds a 4-bit GGUF in int8, not int4
-  (:func:`int4_decodes_faster`). fbgemm packs its own copy of the weight at the first decode call. An output head
-  keeps the weight-only kernel: its logits stay bf16-precise.
+* int8, opted into with ``ASYMMETRY_INT8_KERNEL=dynamic``: a short input runs fbgemm's int8 x int8 kernel instead,
+  on the same int8 weight and scales, each row's activations quantized on their own (:func:`int8_decode_kernel`:
+  4.5x faster per layer on an AVX2-only CPU, where bf16 activations are emulated, but a larger next-token error;
+  why it is not the default is there). fbgemm packs its own copy of the weight at the first decode call. An output
+  head keeps the weight-only kernel: its logits stay bf16-precise.
 * int4: asymmetric, a scale and a zero point per group of ``INT4_GROUP`` input features (about 4.5 bits a weight), in
   torch's packed layout (``_convert_weight_to_int4pack_for_cpu``). Up to ``INT4_KERNEL_ROWS`` rows: the int4 kernel
   (0.37 ms for that 8960 x 1536 weight at one row against 0.42 ms for int8, same run); more rows: the weight is
@@ -27,7 +26,7 @@ AVX512-BF16 machine).
   first half of a block; see aten's int4mm_kernel.cpp); the layout is checked once per process on a probe, and if it
   does not match, a prefill runs the int4 kernel instead. A GGUF's 4-bit blocks (Q4_K, Q4_1, Q4_0: 32 weights per
   scale) are already this format: they become int4 layers as they are, group 32, without requantization
-  (``Int4Linear.from_quantized``, experts/gguf.py); "auto" holds a mostly-4-bit GGUF of 1B parameters or more so where int4 decodes faster than int8.
+  (``Int4Linear.from_quantized``, experts/gguf.py); "auto" holds a mostly-4-bit GGUF of 1B parameters or more so.
 * the output head: int8 in both modes (``quantize_head``; ``Placement.quantize_head`` / ``[experts] quantize_head``
   turn it off), unless tied to the input embedding (SmolLM2: the embedding would be quantized too). The 1.5B's
   float32 head (151,936 x 1,536) is 930 MB of what an int4 decode step reads; int8 is 233 MB. Adding control tokens
@@ -42,6 +41,7 @@ Shapes: M rows of input (batch x tokens), K input features, N output features, G
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from torch import nn
@@ -248,38 +248,32 @@ def prefill_dtype() -> torch.dtype:
 
 
 INT8_DECODE_KERNELS = ("weight-only", "dynamic")
-INT8_DECODE: str | None = None  # one of INT8_DECODE_KERNELS to force it (benchmarks, tests); None: by the CPU
-_DYNAMIC_OK: list = []  # whether this torch has fbgemm's dynamic int8 linear (checked once per process)
+INT8_KERNEL_ENV = "ASYMMETRY_INT8_KERNEL"  # opt in to the dynamic kernel: ASYMMETRY_INT8_KERNEL=dynamic
+INT8_DECODE: str | None = None  # one of INT8_DECODE_KERNELS to force it in this process (benchmarks, tests)
 
 
 def int8_decode_kernel() -> str:
-    """The kernel an int8 layer runs for a short input (decode, up to ``DECODE_ROWS`` rows): ``"weight-only"``
-    (``torch._weight_int8pack_mm``, bf16 activations) where the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX,
-    where it was measured), else ``"dynamic"``: fbgemm's int8 x int8 linear (``torch.ops.quantized.linear_dynamic``)
-    on each row, its activations quantized per row (one scale and zero point a token, 7 bits so AVX2's 16-bit
-    accumulation cannot saturate) and the same int8 weight and scales. On the AVX2-only machine (1 thread, an
-    8,960 x 1,536 weight, one row) the weight-only kernel took 2.07 ms, the int4 one 1.95 ms and fbgemm's 0.46 ms:
-    bf16 activations are emulated there. Rows are quantized one by one, so a row's output never depends on the other
-    rows of its batch. ``INT8_DECODE`` forces either kernel."""
-    if INT8_DECODE:
-        if INT8_DECODE not in INT8_DECODE_KERNELS:
-            raise ValueError(f"unknown int8 decode kernel {INT8_DECODE!r}: use one of {', '.join(INT8_DECODE_KERNELS)}")
-        return INT8_DECODE
-    if prefill_dtype() == torch.bfloat16:
-        return "weight-only"
-    if not _DYNAMIC_OK:
-        ok = hasattr(torch.ops.quantized, "linear_dynamic") and "fbgemm" in torch.backends.quantized.supported_engines
-        _DYNAMIC_OK.append(ok)
-        if not ok:
-            log.info("this torch has no fbgemm dynamic int8 linear: int8 layers decode with the weight-only kernel")
-    return "dynamic" if _DYNAMIC_OK[0] else "weight-only"
+    """The kernel an int8 layer (not an output head) runs for a short input (decode, up to ``DECODE_ROWS`` rows):
+    ``"weight-only"`` (``torch._weight_int8pack_mm``, bf16 activations; the default) or, opted into with
+    ``ASYMMETRY_INT8_KERNEL=dynamic``, ``"dynamic"``: fbgemm's int8 x int8 linear (``torch.ops.quantized.
+    linear_dynamic``) on each row, its activations quantized per row (7 bits, so AVX2's 16-bit accumulation cannot
+    saturate), on the same int8 weight and scales. Rows are quantized one by one, so a row's output never depends on
+    the other rows of its batch.
 
-
-def int4_decodes_faster() -> bool:
-    """Whether this CPU decodes int4 layers faster than int8 ones, so "auto" holds a 4-bit GGUF as int4: where the
-    int8 layers run the weight-only kernel (bf16 hardware). Where they run fbgemm's dynamic kernel (a CPU without bf16
-    hardware), int8 is the faster: the 1.5B decoded 5.9 tokens/s in int8 against 3.6 in int4 on the AVX2 machine."""
-    return int8_decode_kernel() == "weight-only"
+    On a CPU without bf16 hardware (AVX2 only), where the weight-only kernel's bf16 activations are emulated, dynamic
+    is much faster: 0.46 ms against 2.07 ms (weight-only) and 1.95 ms (int4) for an 8,960 x 1,536 weight at one row,
+    1 thread, and the 1.5B in int8 decoded 1.45x faster than in int4. It is not the default because quantizing
+    activations per row costs fidelity: teacher-forced on ~950 tokens, its next-token KL from float32 was 0.090 nats
+    on SmolLM2 (top-1 agreement 84%) against 0.0049 (97%) with the weight-only kernel, and 0.10 nats from the
+    weight-only kernel on the 1.5B (benchmarks/int8_dynamic_fidelity.py): outlier channels set a row's scale."""
+    kernel = INT8_DECODE or os.environ.get(INT8_KERNEL_ENV) or "weight-only"
+    if kernel not in INT8_DECODE_KERNELS:
+        raise ValueError(f"unknown int8 decode kernel {kernel!r} ({INT8_KERNEL_ENV} or quantize.INT8_DECODE): use "
+                         f"one of {', '.join(INT8_DECODE_KERNELS)}")
+    if kernel == "dynamic" and not hasattr(torch.ops.quantized, "linear_dynamic"):
+        raise RuntimeError(f"{INT8_KERNEL_ENV}=dynamic needs fbgemm's quantized.linear_dynamic, which this torch "
+                           "build lacks: unset it")
+    return kernel
 
 
 _LAYOUT: list = []  # the layout found by _int4_layout (cached once per process): (block, lanes) or None

@@ -66,9 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 VERBOSE_HELP = "log progress details, and show third-party libraries' progress bars, warnings and log lines"
 QUANTIZE_CHOICES = ("none", "int8", "int4", "auto")
 QUANTIZE_HELP = ("CPU weight-only linears of the bases: none (float), int8, int4 (torch's kernels; LoRA still per row) "
-                 "or auto (bases of 1B+ parameters: int4 from a mostly 4-bit GGUF on a CPU with bf16 hardware, "
-                 "else int8, which decodes faster than int4 on an AVX2-only CPU; smaller ones float); overrides "
-                 "[experts] quantize")
+                 "or auto (bases of 1B+ parameters: int4 from a mostly 4-bit GGUF, else int8; smaller ones "
+                 "float); overrides [experts] quantize")
 MODEL_COMMANDS = {"ask", "chat", "generate", "mc", "qa", "serve"}  # the commands that load a base model
 
 

@@ -13,7 +13,7 @@ from asymmetry import defaults
 from asymmetry.errors import AsymmetryError
 from asymmetry.experts.base import Placement, builtin_gguf, load_model, models_dir, resolve_model
 from asymmetry.experts.gguf import GgufFile, build_config, int4_blocks
-from asymmetry.experts.quantize import Int4Linear, Int8Linear, int4_decodes_faster
+from asymmetry.experts.quantize import Int4Linear, Int8Linear
 
 PROMPT = "Rome is the capital of Italy, Madrid is the capital of Spain, and the capital of France is"
 
@@ -82,18 +82,15 @@ def test_config_is_transformers_own_and_only_small_files_are_written(tmp_path, m
     assert written < 20_000_000  # config and tokenizer (about 3.5 MB), no weights
 
 
-def test_the_default_base_loads_from_its_gguf_without_a_weights_folder_int4_where_int4_decodes_faster(pool):
+def test_the_default_base_is_int4_from_its_gguf_without_a_weights_folder(pool):
     base = pool.base("qwen2.5-coder-1.5b")
     _, folder = resolve_model("qwen2.5-coder-1.5b")
     assert base.path == folder and not list(folder.glob("*.safetensors"))
     layers = [m for m in base.loaded.model.modules() if isinstance(m, (Int4Linear, Int8Linear))]
     int4 = sum(isinstance(m, Int4Linear) for m in layers)
-    if int4_decodes_faster():  # bf16 hardware: the Q4_K linears as int4; the Q6_K ones (half the v and down) int8
-        assert int4 == 28 * 7 - 28
-    else:  # no bf16 hardware: every linear int8, decoded by fbgemm's dynamic kernel (faster there than int4)
-        assert int4 == 0 and len(layers) == 28 * 7 + 1
+    assert int4 == 28 * 7 - 28  # Q4_K linears as int4; the Q6_K ones (half the v and down projections) int8
     head = base.loaded.model.get_output_embeddings()
-    assert isinstance(head, Int8Linear) and head.head  # the head decodes with the weight-only kernel
+    assert isinstance(head, Int8Linear) and head.head  # marked: it always decodes with the weight-only kernel
 
 
 def test_a_damaged_or_truncated_gguf_is_a_clear_error(tmp_path):
