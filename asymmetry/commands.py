@@ -16,6 +16,7 @@ from asymmetry.experts import ModelPool, Placement
 from asymmetry.sampling import Generator
 from asymmetry.sampling.cli import add_generate_arguments, add_sampler_arguments, sampler_config_from_args
 from asymmetry.sampling.controls import add_control_tokens
+from asymmetry.sampling.grammar import check_constraint
 
 CHAT_HELP = """commands:
   /expert NAME|auto     answer with that expert, or let the router choose (auto)
@@ -117,6 +118,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise AsymmetryError("the prompt is empty: pass some text (or '-' and text on stdin)")
     if args.system and not args.chat:
         raise AsymmetryError("--system needs --chat: add --chat or drop --system")
+    check_constraint(config)  # a bad grammar file is reported before the model loads
     base = ModelPool().base(args.model, Placement(quantize=args.cfg.experts.quantize,
                                                   quantize_head=args.cfg.experts.quantize_head))
     controls = args.cfg.controls if args.cfg.controls.enabled else None

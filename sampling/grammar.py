@@ -77,6 +77,24 @@ def compile_grammar(tokenizer, vocab_size: int, *, grammar: str | None = None, j
                              "fix or simplify the schema") from None
 
 
+def check_constraint(config) -> None:
+    """Read and parse a SamplerConfig's grammar before any model loads (no tokenizer needed), so a missing file or a
+    syntax error is reported at once, in the same words :func:`compile_grammar` uses."""
+    constraint = read_constraint(config)
+    if constraint is None or constraint.get("grammar") is None:
+        return
+    import xgrammar as xgr
+
+    grammar, source = constraint["grammar"], constraint["source"]
+    if not grammar.strip():
+        raise AsymmetryError(f"{source} is empty: write a grammar with a root rule, e.g. root ::= \"yes\" | \"no\"")
+    try:
+        xgr.Grammar.from_ebnf(grammar)
+    except RuntimeError as exc:
+        raise AsymmetryError(f"{source} has a syntax error: {_clean(exc)}; fix the grammar at that line and "
+                             "column (GBNF/EBNF: rules are `name ::= ...`, the start rule is `root`)") from None
+
+
 def read_constraint(config) -> dict[str, Any] | None:
     """The grammar constraint of a SamplerConfig as keyword arguments for :func:`compile_grammar` (or None)."""
     if config.grammar is not None:
