@@ -43,8 +43,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 MODES = ["int4", "int8", "bf16", "none"]  # load order: quantized first (a float32 1.5B is the big one)
 FP_HEAD = "-fphead"  # a mode suffix: the output head stays float (Placement.quantize_head=False)
-WEIGHT_ONLY = "-wo"  # a mode suffix: int8 layers decode with the weight-only kernel (else the CPU's choice:
-#                      quantize.int8_decode_kernel, fbgemm's dynamic int8 where the CPU has no bf16 hardware)
+WEIGHT_ONLY = "-wo"  # a mode suffix: int8 layers decode with the weight-only kernel (else quantize.int8_decode_kernel:
+#                      weight-only unless ASYMMETRY_INT8_KERNEL=dynamic)
 PROMPT = "Write a short paragraph about the history of the city of Rome."
 
 
@@ -195,7 +195,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--modes", default=",".join(MODES), help="of int4, int8, int4-fphead, int8-fphead (the head "
                     "float), bf16, none (float32), in load order; a -wo suffix (int8-wo) decodes int8 layers with the weight-only "
-                    "kernel whatever the CPU")
+                    "kernel whatever ASYMMETRY_INT8_KERNEL says")
     ap.add_argument("--baseline", default=None, help="the mode the ratios are against (default: none if measured)")
     ap.add_argument("--int8-rows", default=None, help="e.g. 16,64: also time short prefills with the int8 kernel "
                     "taking up to each number of rows (int8 must be among --modes)")

@@ -53,13 +53,7 @@ def compile_grammar(tokenizer, vocab_size: int, *, grammar: str | None = None, j
         raise AsymmetryError("pass exactly one of grammar= or json_schema= to compile_grammar")
     compiler = _compiler(tokenizer, vocab_size)
     if grammar is not None:
-        if not grammar.strip():
-            raise AsymmetryError(f"{source} is empty: write a grammar with a root rule, e.g. root ::= \"yes\" | \"no\"")
-        try:
-            return compiler.compile_grammar(grammar)
-        except RuntimeError as exc:
-            raise AsymmetryError(f"{source} has a syntax error: {_clean(exc)}; fix the grammar at that line and "
-                                 "column (GBNF/EBNF: rules are `name ::= ...`, the start rule is `root`)") from None
+        return _parsed(grammar, source, compiler.compile_grammar)
     if isinstance(json_schema, str):
         try:
             schema_obj = json.loads(json_schema)
@@ -85,11 +79,15 @@ def check_constraint(config) -> None:
         return
     import xgrammar as xgr
 
-    grammar, source = constraint["grammar"], constraint["source"]
+    _parsed(constraint["grammar"], constraint["source"], xgr.Grammar.from_ebnf)
+
+
+def _parsed(grammar: str, source: str, parse):
+    """``parse(grammar)``, with an empty grammar or a syntax error reported as an AsymmetryError naming ``source``."""
     if not grammar.strip():
         raise AsymmetryError(f"{source} is empty: write a grammar with a root rule, e.g. root ::= \"yes\" | \"no\"")
     try:
-        xgr.Grammar.from_ebnf(grammar)
+        return parse(grammar)
     except RuntimeError as exc:
         raise AsymmetryError(f"{source} has a syntax error: {_clean(exc)}; fix the grammar at that line and "
                              "column (GBNF/EBNF: rules are `name ::= ...`, the start rule is `root`)") from None
