@@ -1,7 +1,7 @@
 """Decode tokens/s of a base with float32, int8 and int4 weight-only linears (``[experts] quantize``) or all in
 bfloat16 (``--modes ...,bf16``: ``[experts] dtype = "bfloat16"``, no quantization), and the prefill time of a
 retrieval-sized prompt; ``int8-fphead`` / ``int4-fphead`` are int8 / int4 with the output head left float
-(``[experts] quantize_head = false``; by default an untied head goes to int8 with either mode), all measured in the same run: every variant loaded side by side, rounds interleaved (variant
+(``[experts] quantize_head = false``; by default the head goes to int8 with either mode; a tied one, SmolLM2, decodes through an int8 copy), all measured in the same run: every variant loaded side by side, rounds interleaved (variant
 order rotates each round) so the machine's load hits them alike; medians and ratios against ``--baseline`` (float32,
 ``none``, unless named) of the same run.
 
@@ -18,7 +18,7 @@ with its own int8 head, ``quantize_head``, the same weights the ``[experts] quan
 linears instead of two, for a machine short of memory.
 
 ``streamed_bytes``: what one decode step reads of the weights (all of them but the input embedding, of which it reads
-one row; a head tied to the embedding is read whole), the KV cache aside.
+one row; a head tied to the embedding is read whole, unless it decodes through its int8 copy), the KV cache aside.
 
 A GGUF base loads straight from its file (experts/gguf.py): ``int4`` is its 4-bit blocks as they are (the 1.5B's
 Q4_K linears; its Q6_K ones int8), ``int8`` and ``none`` its tensors dequantised in memory.
@@ -53,9 +53,13 @@ def bytes_of(model) -> int:
 
 
 def streamed_bytes(model) -> int:
-    """Bytes of weights one decode step reads: all but the input embedding (one row a token), unless the head is it."""
+    """Bytes of weights one decode step reads: all but the input embedding (one row a token), unless the head is it
+    (a tied head decoding through its int8 copy, ``TiedInt8Head``, reads that copy instead)."""
+    from asymmetry.experts.quantize import TiedInt8Head
+
     embed = model.get_input_embeddings().weight
-    tied = model.get_output_embeddings() is not None and model.get_output_embeddings().weight is embed
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight is embed and not isinstance(head, TiedInt8Head)
     return bytes_of(model) - (0 if tied else embed.numel() * embed.element_size())
 
 

@@ -109,6 +109,8 @@ def load_control_rows(model, tokenizer, adapter_dir: str | Path, controls: dict)
         embed = model.get_input_embeddings().weight
         embed.index_copy_(0, index.to(embed.device), rows["input"].to(embed.device, embed.dtype))
         head = model.get_output_embeddings()
+        if hasattr(head, "refresh"):  # a tied head's int8 copy (experts.quantize.TiedInt8Head) takes the new rows
+            head.refresh()
         if "output" in rows and head is not None and head.weight is not embed:
             if not hasattr(head, "weight") or head.weight.dtype not in (torch.float32, torch.bfloat16, torch.float16):
                 raise AsymmetryError(f"the base's output head ({type(head).__name__}) cannot take the control rows of "

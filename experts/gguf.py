@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from asymmetry import defaults
 from asymmetry.atomic import atomic_dir
 from asymmetry.errors import AsymmetryError
-from asymmetry.experts.quantize import Int4Linear, Int8Linear, head_is_tied, int4_group
+from asymmetry.experts.quantize import Int4Linear, Int8Linear, head_is_tied, int4_group, quantize_head
 from asymmetry.integrity import write_folder_checksums
 
 log = logging.getLogger(__name__)
@@ -323,7 +323,7 @@ def _row_order(processor, name: str, shape: tuple[int, ...]) -> np.ndarray | Non
 def load(gguf: GgufFile, folder: Path, mode: str, dtype: torch.dtype, head: bool = True, label: str | None = None):
     """The model of ``gguf`` (config from ``folder``), its linear layers held per ``mode``: "int4" (4-bit blocks as
     int4, others int8), "int8", or "none" (every weight dequantised to ``dtype``). Parameters outside the linear layers
-    are ``dtype``; with ``head`` (and a quantized mode) an untied output head is int8. Never holds more than one
+    are ``dtype``; with ``head`` (and a quantized mode) an untied output head is int8 and a tied one decodes through an int8 copy. Never holds more than one
     dequantised tensor beyond the result."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -374,6 +374,8 @@ def load(gguf: GgufFile, folder: Path, mode: str, dtype: torch.dtype, head: bool
     if missing:
         raise AsymmetryError(f"GGUF file {gguf.path} has no tensor for {', '.join(missing[:5])}"
                              f"{' ...' if len(missing) > 5 else ''}: it is not a complete {gguf.architecture} model")
+    if tied and head and mode != "none":
+        quantize_head(model)  # the tied head decodes through an int8 copy of the embedding
     model.eval()
     return model
 

@@ -28,9 +28,10 @@ AVX512-BF16 machine).
   scale) are already this format: they become int4 layers as they are, group 32, without requantization
   (``Int4Linear.from_quantized``, experts/gguf.py); "auto" holds a mostly-4-bit GGUF of 1B parameters or more so.
 * the output head: int8 in both modes (``quantize_head``; ``Placement.quantize_head`` / ``[experts] quantize_head``
-  turn it off), unless tied to the input embedding (SmolLM2: the embedding would be quantized too). The 1.5B's
-  float32 head (151,936 x 1,536) is 930 MB of what an int4 decode step reads; int8 is 233 MB. Adding control tokens
-  resizes it in float and quantizes it again (``Int8Linear.as_linear``: the same int8 rows back).
+  turn it off). The 1.5B's float32 head (151,936 x 1,536) is 930 MB of what an int4 decode step reads; int8 is
+  233 MB. Adding control tokens resizes it in float and quantizes it again (``Int8Linear.as_linear``: the same int8
+  rows back). A head tied to the input embedding (SmolLM2) keeps the embedding float and decodes through an int8
+  copy of it (:class:`TiedInt8Head`): SmolLM2's float32 head is 113 MB of the 166 MB an int4 decode step read.
 
 The modules subclass :class:`torch.nn.Linear`, so peft wraps them like any linear layer and LoRA adapters still apply
 per row on top (their weights stay float: peft never casts an adapter to an integer base dtype).
@@ -131,6 +132,57 @@ class Int8Linear(_WeightOnlyLinear):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, int8 weight-only"
                 + (", output head" if self.head else ""))
+
+
+class TiedInt8Head(nn.Module):
+    """An output head tied to the input embedding (SmolLM2), decoded through an int8 copy of that weight.
+
+    ``weight`` stays the embedding's float parameter, so Hugging Face's tying, resizing and the control rows written
+    into the embedding work as before. A short input (decode, up to ``DECODE_ROWS`` rows: the head sees one row a
+    step) runs ``int8``, an output-head :class:`Int8Linear` made from the weight, remade when the weight is replaced
+    or changed in place (its pointer, version, shape or dtype; :meth:`refresh` forces it); a longer one the float
+    weight. The copy is a quarter of the float32 head (SmolLM2: 28 MB beside 113 MB), and a decode step reads it
+    instead."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, head: bool = True):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.head = True  # the signature of Int8Linear's, so add_control_tokens re-wraps either kind of head alike
+        self.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight, requires_grad=False)
+        self.bias = bias
+        self.refresh()
+
+    def _key(self) -> tuple:
+        w = self.weight
+        try:
+            version = w._version
+        except RuntimeError:  # an inference tensor tracks no version: refresh() after changing it in place
+            version = None
+        return (w.data_ptr(), version, tuple(w.shape), w.dtype)
+
+    def refresh(self) -> None:
+        """Make the int8 copy again from the (float) weight."""
+        with torch.no_grad():
+            self.int8 = Int8Linear(self.weight, self.bias, head=True)
+        self._made_from = self._key()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() // max(1, x.shape[-1]) > DECODE_ROWS:
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+        if self._key() != self._made_from:
+            self.refresh()
+        return self.int8(x)
+
+    def as_linear(self) -> nn.Linear:
+        """A plain ``nn.Linear`` on the same (tied) parameters: how the head is resized for control tokens."""
+        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        out.weight = self.weight
+        if self.bias is not None:
+            out.bias = self.bias
+        return out
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, tied to the input embedding"
 
 
 class Int4Linear(_WeightOnlyLinear):
@@ -323,7 +375,7 @@ def quantize_model(model: nn.Module, mode: str, head: bool = True) -> int:
     """Replace every ``nn.Linear`` of ``model`` (except the output head) by a weight-only int8 or int4 layer, in place;
     return how many were replaced. ``mode="none"`` changes nothing. int4 keeps int8 for a layer the int4 kernel cannot
     take (N not a multiple of 16 or K of 32). With ``head`` the output head also goes to int8 in both modes
-    (:func:`quantize_head`; a head tied to the input embedding stays as it is). Needs torch's CPU kernels
+    (:func:`quantize_head`; a head tied to the input embedding decodes through an int8 copy). Needs torch's CPU kernels
     ``_weight_int8pack_mm`` and ``_weight_int4pack_mm_for_cpu`` (x86-64 builds of torch 2.5+)."""
     if mode == "none":
         return 0
@@ -347,8 +399,8 @@ def quantize_model(model: nn.Module, mode: str, head: bool = True) -> int:
 
 
 def head_is_tied(model: nn.Module) -> bool:
-    """Whether the output head shares its weight with the input embedding (SmolLM2): quantizing it would either
-    quantize the embedding too or hold a second copy, so such a head stays float."""
+    """Whether the output head shares its weight with the input embedding (SmolLM2): such a head keeps that float
+    weight and decodes through an int8 copy (:class:`TiedInt8Head`)."""
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()
     return (bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
             or (embed is not None and head.weight is embed.weight))
@@ -356,7 +408,8 @@ def head_is_tied(model: nn.Module) -> bool:
 
 def quantize_head(model: nn.Module) -> bool:
     """Replace the output head of a Hugging Face causal LM by an :class:`Int8Linear` (int8, a scale per vocabulary
-    row), in place, unless it is tied to the input embedding or not a plain linear; return whether it was replaced.
+    row), or by a :class:`TiedInt8Head` (the same for decoding, the float weight kept) where it is tied to the input
+    embedding, in place, unless it is not a plain linear; return whether it was replaced.
 
     int8 and not int4 for both modes: the head sets the logits, and int8 holds them closer (the 1.5B's float32 head
     is 930 MB of the 1.7 GB an int4 decode step reads; int8 makes it 233 MB). Logits come out of the kernel in
@@ -364,9 +417,11 @@ def quantize_head(model: nn.Module) -> bool:
     a step of 0.125 at a logit of 16-32."""
     get = getattr(model, "get_output_embeddings", None)
     head = get() if get is not None else None
-    if type(head) is not nn.Linear or head_is_tied(model):
+    if type(head) is not nn.Linear:
         return False
-    model.set_output_embeddings(Int8Linear(head.weight, head.bias, head=True))
+    tied = head_is_tied(model)
+    model.set_output_embeddings(TiedInt8Head(head.weight, head.bias) if tied else
+                                Int8Linear(head.weight, head.bias, head=True))
     return True
 
 

@@ -13,6 +13,7 @@ from asymmetry.experts.quantize import (
     INT4_KERNEL_ROWS,
     Int4Linear,
     Int8Linear,
+    TiedInt8Head,
     _int4_layout,
     int8_decode_kernel,
     prefill_dtype,
@@ -216,11 +217,43 @@ def test_int8_output_head_shrinks_and_keeps_greedy_output_and_logits_within_the_
     assert texts[0] == texts[1] and texts[0]
 
 
-def test_tied_head_stays_float_and_a_quantized_head_resizes_for_control_tokens():
-    tied = load_model("smollm2", Placement(quantize="int8"))  # SmolLM2's head is its input embedding
-    assert type(tied.model.get_output_embeddings()) is torch.nn.Linear
-    assert tied.model.get_output_embeddings().weight is tied.model.get_input_embeddings().weight
+def test_tied_head_decodes_through_an_int8_copy_that_follows_the_embedding():
+    tied = load_model("smollm2", Placement(quantize="int4"))  # SmolLM2's head is its input embedding
+    model, tok = tied.model, tied.tokenizer
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    assert type(head) is TiedInt8Head and head.weight is embed.weight and embed.weight.dtype == torch.float32
+    assert head.int8.weight.dtype == torch.int8 and head.int8.head  # the weight-only kernel, bf16-precise logits
+    seen = {}
+    head.register_forward_pre_hook(lambda _m, args: seen.__setitem__("x", args[0]))
+    ids = tok(PROMPT, return_tensors="pt").input_ids  # (1, T), T > 16
+    with torch.no_grad():
+        model(ids)
+        x = seen["x"][0]  # (T, K) final hidden states: the prompt's last row is the one the head gets
+        ref = torch.nn.functional.linear(x, embed.weight)  # (T, V) the float head
+        got = torch.cat([head(row[None]) for row in x])  # one row a call: the decode path
+        # each weight off by at most half its row's step, activations and logits rounded to bf16
+        bound = (x.abs().sum(-1, keepdim=True) * head.int8.scale.float() / 2
+                 + x.abs() @ embed.weight.abs().t() * 2.0 ** -9 + ref.abs() * 2.0 ** -8 + 1e-3)
+        assert ((got - ref).abs() <= bound).all() and not torch.equal(got, ref)
+        assert torch.equal(got[-1].topk(5).indices, ref[-1].topk(5).indices)
+        long = x.repeat(DECODE_ROWS // x.shape[0] + 1, 1)  # more rows than DECODE_ROWS: the float weight itself
+        assert torch.equal(head(long), torch.nn.functional.linear(long, embed.weight))
 
+        token = int(ref[-1].argmin())  # a change to the embedding reaches the int8 copy at the next call
+        embed.weight[token] = embed.weight[int(ref[-1].argmax())] * 2
+        assert int(head(x[-1:]).argmax()) == token
+
+        rows = embed.weight.shape[0]  # control tokens resize the embedding; the head stays tied and int8
+        int8_rows = head.int8.weight.clone()
+        assert add_control_tokens(model, tok, ["<|ctl_a|>", "<|ctl_b|>"]) == 2
+        resized = model.get_output_embeddings()
+        assert type(resized) is TiedInt8Head and resized.weight is model.get_input_embeddings().weight
+        assert resized.out_features == len(tok) > rows and torch.equal(resized.int8.weight[:rows], int8_rows)
+        logits = model(ids).logits[0, -1]  # (V + 2,)
+        assert torch.equal(logits[rows:], torch.zeros(2))
+
+
+def test_a_quantized_head_resizes_for_control_tokens():
     loaded = _untied_smollm2()
     quantize_model(loaded.model, "int4")
     head = loaded.model.get_output_embeddings()
