@@ -31,6 +31,7 @@ from pathlib import Path
 
 from asymmetry import commands, defaults
 from asymmetry.atomic import write_error
+from asymmetry.cli import cache as cache_cli
 from asymmetry.cli import eval as eval_cli
 from asymmetry.cli import experts as experts_cli
 from asymmetry.cli import index as index_cli
@@ -41,7 +42,7 @@ from asymmetry.config import Config
 from asymmetry.errors import AsymmetryError
 
 # Modules that add subcommands, in the order they appear in --help.
-COMMAND_MODULES = [commands, index_cli, search_cli, experts_cli, router_cli, eval_cli, serve_cli]
+COMMAND_MODULES = [commands, index_cli, search_cli, experts_cli, router_cli, eval_cli, serve_cli, cache_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:
