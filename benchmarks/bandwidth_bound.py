@@ -7,14 +7,15 @@ best of ``--repeats`` passes (the least disturbed by other jobs on the machine),
 Bytes per token, per base and weight format, counted from the base's GGUF tensor table (shapes and types):
 
 * ``fp32`` / ``bf16``: every linear, the output head and the norms at 4 / 2 bytes a value (``[experts] dtype``).
-* ``int8``: our weight-only int8 linears (1 byte a weight + a bf16 scale per output channel), an untied output head
-  int8 too (``experts/quantize.py``; a tied one stays float32), norms and biases float32.
+* ``int8``: our weight-only int8 linears (1 byte a weight + a bf16 scale per output channel), the output head int8
+  too (``experts/quantize.py``; a tied one through an int8 copy of the embedding), norms and biases float32.
 * ``int4``: our int4 linears (half a byte a weight + a bf16 scale and zero point per group), int8 where the int4
-  kernel cannot take the shape, the untied head int8.
+  kernel cannot take the shape, the head int8 (a tied one through its int8 copy).
 * ``int8-fphead`` / ``int4-fphead``: the same with the head float32 (``[experts] quantize_head = false``).
 * ``gguf``: the file's own quantization (Q4_1, Q4_K/Q6_K, ...) as llama.cpp reads it: each tensor's stored bytes.
 
-The input embedding costs one row a token; a head tied to it (no ``output.weight``) is read whole. The KV cache read
+The input embedding costs one row a token; a head tied to it (no ``output.weight``) is read whole (in float for
+fp32, bf16 and the -fphead formats, as its int8 copy for int8 and int4). The KV cache read
 at ``--context`` tokens is added (float32 for ours, f16 for llama.cpp); it is small at these lengths.
 
     python benchmarks/bandwidth_bound.py [--bases smollm2,qwen2.5-coder-0.5b,qwen2.5-coder-1.5b] [--gib 2]
@@ -120,7 +121,9 @@ def bytes_per_token(gguf_path, context: int = 128) -> dict:
         size["int4-fphead"] += int4
     row = int(embd.n_elements) // vocab
     for f, per in (("fp32", 4), ("bf16", 2), ("int8", 4), ("int4", 4), ("int8-fphead", 4), ("int4-fphead", 4)):
-        size[f] += per * (row if head is not embd else int(embd.n_elements) + row)
+        tied_int8 = head is embd and f in ("int8", "int4")  # a tied head decodes through its int8 copy
+        size[f] += per * row + (0 if head is not embd else
+                                int(embd.n_elements) + 2 * vocab if tied_int8 else per * int(embd.n_elements))
     size["gguf"] += int(embd.n_bytes) // vocab + (int(embd.n_bytes) if head is embd else 0)
     kv_per_token = 2 * layers * kv_heads * (width // heads)  # K and V values per cached token
     kv = {f: kv_per_token * context * (2 if f in ("bf16", "gguf") else 4) for f in FORMATS}
