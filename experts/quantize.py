@@ -29,8 +29,7 @@ AVX512-BF16 machine).
   (``Int4Linear.from_quantized``, experts/gguf.py); "auto" holds a mostly-4-bit GGUF of 1B parameters or more so.
 * the output head: int8 in both modes (``quantize_head``; ``Placement.quantize_head`` / ``[experts] quantize_head``
   turn it off). The 1.5B's float32 head (151,936 x 1,536) is 930 MB of what an int4 decode step reads; int8 is
-  233 MB. Adding control tokens resizes it in float and quantizes it again (``Int8Linear.as_linear``: the same int8
-  rows back). A head tied to the input embedding (SmolLM2) keeps the embedding float and decodes through an int8
+  233 MB. Adding control tokens grows it in int8 (``Int8Linear.resized``: zero rows; no float copy). A head tied to the input embedding (SmolLM2) keeps the embedding float and decodes through an int8
   copy of it (:class:`TiedInt8Head`): SmolLM2's float32 head is 113 MB of the 166 MB an int4 decode step read.
 
 The modules subclass :class:`torch.nn.Linear`, so peft wraps them like any linear layer and LoRA adapters still apply
@@ -118,6 +117,23 @@ class Int8Linear(_WeightOnlyLinear):
         state = dict(self.__dict__)
         state.pop("_fbgemm", None)  # a C++ object: pickles and deep copies remake it at their first decode
         return state
+
+    def resized(self, out_features: int) -> Int8Linear:
+        """This layer grown to ``out_features`` output rows, in int8 (no float copy): its rows as they are, the new
+        ones zero (their outputs exactly 0, the scale ``Int8Linear`` gives a zero row). How an untied int8 output head
+        takes control tokens."""
+        extra = out_features - self.out_features
+        if extra < 0:
+            raise ValueError(f"an int8 layer only grows: {self.out_features} rows, asked for {out_features}")
+        layer = Int8Linear.__new__(Int8Linear)
+        nn.Module.__init__(layer)
+        layer.in_features, layer.out_features, layer.head = self.in_features, out_features, self.head
+        w = self.weight.detach()
+        layer.weight = nn.Parameter(torch.cat([w, w.new_zeros(extra, self.in_features)]), requires_grad=False)
+        layer.register_buffer("scale", torch.cat([self.scale, self.scale.new_full((extra,), 1e-12)]))
+        layer.bias = (None if self.bias is None else
+                      nn.Parameter(torch.cat([self.bias.detach(), self.bias.new_zeros(extra)]), requires_grad=False))
+        return layer
 
     def as_linear(self) -> nn.Linear:
         """This layer back as a float32 ``nn.Linear`` holding exactly q x scale (7 + 8 significant bits fit float32's

@@ -234,7 +234,21 @@ def add_control_tokens(model, tokenizer, tokens: list[str]) -> int:
         import torch
 
         head = model.get_output_embeddings()
-        quantized = hasattr(head, "as_linear")  # an int8 head (experts.quantize): resized in float, quantized again
+        grow = getattr(head, "resized", None)  # an untied int8 head (experts.quantize.Int8Linear): grown in int8
+        if grow is not None:
+            name = next(n for n, m in model.named_modules() if m is head)
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, None)  # transformers then resizes the input embedding only
+            try:
+                model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+            finally:
+                setattr(parent, child, head)
+            with torch.no_grad():
+                model.get_input_embeddings().weight[rows:] = 0
+            setattr(parent, child, grow(model.get_input_embeddings().weight.shape[0]))
+            return len(new)
+        quantized = hasattr(head, "as_linear")  # a tied int8 head (TiedInt8Head): resized in float, wrapped again
         if quantized:
             model.set_output_embeddings(head.as_linear())
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
