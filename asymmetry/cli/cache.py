@@ -10,7 +10,7 @@ from asymmetry.experts import cache as model_cache
 from asymmetry.experts.base import models_dir
 
 KIND_NOTES = {
-    "gguf": "GGUF joined from its packages (in use; joined again in seconds)",
+    "gguf": "GGUF joined from its packages, in use; joined again in seconds",
     "gguf-folder": "a GGUF's config and tokenizer",
     "conversion": "dequantised safetensors copy, prunable: converted again when a load needs it",
     "temporary": "left by a killed write, prunable after an hour",
