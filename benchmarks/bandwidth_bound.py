@@ -121,9 +121,9 @@ def bytes_per_token(gguf_path, context: int = 128) -> dict:
         size["int4-fphead"] += int4
     row = int(embd.n_elements) // vocab
     for f, per in (("fp32", 4), ("bf16", 2), ("int8", 4), ("int4", 4), ("int8-fphead", 4), ("int4-fphead", 4)):
-        tied_int8 = head is embd and f in ("int8", "int4")  # a tied head decodes through its int8 copy
-        size[f] += per * row + (0 if head is not embd else
-                                int(embd.n_elements) + 2 * vocab if tied_int8 else per * int(embd.n_elements))
+        size[f] += per * row  # the input embedding's row
+        if head is embd:  # the tied head, read whole: as its int8 copy (a bf16 scale a row) in int8 and int4
+            size[f] += int(embd.n_elements) + 2 * vocab if f in ("int8", "int4") else per * int(embd.n_elements)
     size["gguf"] += int(embd.n_bytes) // vocab + (int(embd.n_bytes) if head is embd else 0)
     kv_per_token = 2 * layers * kv_heads * (width // heads)  # K and V values per cached token
     kv = {f: kv_per_token * context * (2 if f in ("bf16", "gguf") else 4) for f in FORMATS}

@@ -39,7 +39,8 @@ class CacheEntry:
         return asdict(self)
 
 
-def _size(path: Path) -> int:
+def size_of(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder (links as links)."""
     if path.is_symlink() or path.is_file():
         return path.lstat().st_size
     return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() or p.is_symlink())
@@ -63,7 +64,7 @@ def entries(folder: Path) -> list[CacheEntry]:
     """Every entry directly in ``folder`` (the models cache), largest first."""
     if not folder.is_dir():
         return []
-    found = [CacheEntry(str(p), _kind(p), _size(p), p.lstat().st_mtime) for p in folder.iterdir()]
+    found = [CacheEntry(str(p), _kind(p), size_of(p), p.lstat().st_mtime) for p in folder.iterdir()]
     return sorted(found, key=lambda e: -e.bytes)
 
 

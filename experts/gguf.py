@@ -323,8 +323,8 @@ def _row_order(processor, name: str, shape: tuple[int, ...]) -> np.ndarray | Non
 def load(gguf: GgufFile, folder: Path, mode: str, dtype: torch.dtype, head: bool = True, label: str | None = None):
     """The model of ``gguf`` (config from ``folder``), its linear layers held per ``mode``: "int4" (4-bit blocks as
     int4, others int8), "int8", or "none" (every weight dequantised to ``dtype``). Parameters outside the linear layers
-    are ``dtype``; with ``head`` (and a quantized mode) an untied output head is int8 and a tied one decodes through an int8 copy. Never holds more than one
-    dequantised tensor beyond the result."""
+    are ``dtype``; with ``head`` (and a quantized mode) an untied output head is int8 and a tied one decodes through
+    an int8 copy. Never holds more than one dequantised tensor beyond the result."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor

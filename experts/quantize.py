@@ -29,8 +29,9 @@ AVX512-BF16 machine).
   (``Int4Linear.from_quantized``, experts/gguf.py); "auto" holds a mostly-4-bit GGUF of 1B parameters or more so.
 * the output head: int8 in both modes (``quantize_head``; ``Placement.quantize_head`` / ``[experts] quantize_head``
   turn it off). The 1.5B's float32 head (151,936 x 1,536) is 930 MB of what an int4 decode step reads; int8 is
-  233 MB. Adding control tokens grows it in int8 (``Int8Linear.resized``: zero rows; no float copy). A head tied to the input embedding (SmolLM2) keeps the embedding float and decodes through an int8
-  copy of it (:class:`TiedInt8Head`): SmolLM2's float32 head is 113 MB of the 166 MB an int4 decode step read.
+  233 MB. Adding control tokens grows it in int8 (``Int8Linear.resized``: zero rows; no float copy). A head tied to
+  the input embedding (SmolLM2) keeps the embedding float and decodes through an int8 copy of it
+  (:class:`TiedInt8Head`): SmolLM2's float32 head was 113 MB of the 180 MB an int4 decode step read.
 
 The modules subclass :class:`torch.nn.Linear`, so peft wraps them like any linear layer and LoRA adapters still apply
 per row on top (their weights stay float: peft never casts an adapter to an integer base dtype).
@@ -391,8 +392,8 @@ def quantize_model(model: nn.Module, mode: str, head: bool = True) -> int:
     """Replace every ``nn.Linear`` of ``model`` (except the output head) by a weight-only int8 or int4 layer, in place;
     return how many were replaced. ``mode="none"`` changes nothing. int4 keeps int8 for a layer the int4 kernel cannot
     take (N not a multiple of 16 or K of 32). With ``head`` the output head also goes to int8 in both modes
-    (:func:`quantize_head`; a head tied to the input embedding decodes through an int8 copy). Needs torch's CPU kernels
-    ``_weight_int8pack_mm`` and ``_weight_int4pack_mm_for_cpu`` (x86-64 builds of torch 2.5+)."""
+    (:func:`quantize_head`; a head tied to the input embedding decodes through an int8 copy). Needs torch's CPU
+    kernels ``_weight_int8pack_mm`` and ``_weight_int4pack_mm_for_cpu`` (x86-64 builds of torch 2.5+)."""
     if mode == "none":
         return 0
     if mode not in QUANTIZE_MODES:

@@ -47,7 +47,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     gone = {e.path for e in removed} if not args.dry_run else set()
     listed = [e for e in model_cache.entries(folder) if e.path not in gone]
     indexes = home / "indexes"
-    indexes_bytes = model_cache._size(indexes) if indexes.is_dir() else 0
+    indexes_bytes = model_cache.size_of(indexes) if indexes.is_dir() else 0
     if args.json:
         print(json.dumps({"home": str(home), "models": [e.to_dict() for e in listed], "indexes_bytes": indexes_bytes,
                           "removed": [e.to_dict() for e in removed], "dry_run": bool(args.dry_run)}))
