@@ -84,8 +84,8 @@ def test_empty_corpus_is_an_error_and_leaves_no_index(tmp_path):
 
 
 def kill_when_written(cmd: list[str], marker) -> None:
-    """Run ``cmd`` (a build) in its own process group and SIGKILL the group once ``marker`` (a second shard's file)
-    exists; the process must not end by itself before."""
+    """Run ``cmd`` (a build) in its own process group and SIGKILL the group once ``marker`` (a second shard's
+    record) exists; the process must not end by itself before."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
@@ -105,12 +105,14 @@ def test_killed_build_resumes_from_last_finished_shard(small_corpus, tmp_path, m
     root = tmp_path / "idx"
     cmd = [sys.executable, "-m", "asymmetry", "index", "build", "--corpus", str(small_corpus), "--index-dir",
            str(root), "--shard-size", "8", "--no-progress"]
-    kill_when_written(cmd, root / ".build" / "shard-00001.jsonl")
+    kill_when_written(cmd, root / ".build" / "shard-00001.json")  # the record, written last, marks a finished shard
     assert read_manifest(root) is None  # a half-built index is never complete
-    finished = sorted(p.name for p in (root / ".build").glob("shard-*.jsonl"))
+    finished = sorted(p.stem for p in (root / ".build").glob("shard-*.json"))
     assert 2 <= len(finished) < 9
     assert main(["index", "info", "--index-dir", str(root)]) == 1
-    stamps = {p.name: p.stat().st_mtime_ns for p in (root / ".build").glob("shard-*.jsonl")}
+    # the kill may land in the middle of a later shard's write: only shards with a record count as finished
+    stamps = {p.name: p.stat().st_mtime_ns for stem in finished for p in (root / ".build").glob(f"{stem}.*")}
+    assert len(stamps) == 3 * len(finished)
     m = build_index(str(small_corpus), root, shard_size=8, progress=False)
     for name, stamp in stamps.items():  # finished shards were not embedded again
         assert (root / ".build" / name).stat().st_mtime_ns == stamp
