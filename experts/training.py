@@ -30,13 +30,16 @@ from asymmetry.experts.config import SMALL_EXPERTS, adapters_package_dir
 from asymmetry.experts.controls import CARD_FILE, CONTROL_ROWS, split_control_rows, trainable_rows
 from asymmetry.experts.data import DEFAULT_RECIPES, ChatExample, default_examples
 from asymmetry.experts.prompts import with_system
-from asymmetry.experts.tokens import answer_loss, encode_example, left_pad
+from asymmetry.experts.tokens import answer_logprobs, answer_loss, encode_example, left_pad
 from asymmetry.integrity import finite_number, positive_int, verify_checksum, write_checksum, write_folder_checksums
 
 CHECKPOINT_DIR = ".checkpoint"
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
-Encoded = list[tuple[list[int], int]]  # per example: token ids, and how many trailing ones are the answer
+# per example: token ids, how many trailing ones are the answer, and for a multiple-choice example trained with
+# mc_weight (every option as the reply: ids, answer tokens, option-text tokens; the right option's index), else None
+MCEncoded = tuple[list[tuple[list[int], int, int]], int]
+Encoded = list[tuple[list[int], int, MCEncoded | None]]
 
 
 @dataclass
@@ -57,6 +60,10 @@ class AdapterTrainSettings:
     seed: int = 0
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
     top_layers: int | None = None  # LoRA only on the last N decoder layers (backward stops there: cheaper)
+    # weight of a multiple-choice loss beside the answer's cross-entropy: every option of an example with ``choices``
+    # is scored as the reply (mean log-prob per option token, as `eval mc` and `expert compare` rank options) and a
+    # cross-entropy over the options pulls the right one up and the others down (0: the answer's loss alone)
+    mc_weight: float = 0.0
 
     def __post_init__(self):
         for name in ("rank", "alpha", "epochs", "batch_size", "max_length", "checkpoint_every"):
@@ -70,6 +77,8 @@ class AdapterTrainSettings:
         if self.dropout == 1.0:
             raise ConfigError("dropout", self.dropout, "use a dropout in [0, 1)")
         positive_int("eval_size", self.eval_size, "must be >= 0", minimum=0)
+        finite_number("mc_weight", self.mc_weight, "use a weight >= 0, e.g. 1.0 (0 turns the option loss off)",
+                      minimum=0.0)
 
 
 @dataclass
@@ -207,10 +216,28 @@ def _encode_split(examples: list[ChatExample], tokenizer, system_prompt: str | N
     n_eval = min(s.eval_size, len(examples) // 5)
     eval_idx, train_idx = order[:n_eval], order[n_eval:]
 
-    def enc(i: int) -> tuple[list[int], int]:
-        return encode_example(tokenizer, with_system(examples[i].messages, system_prompt), s.max_length)
+    def enc(i: int, train: bool) -> tuple[list[int], int, MCEncoded | None]:
+        ex = examples[i]
+        messages = with_system(ex.messages, system_prompt)
+        ids, n = encode_example(tokenizer, messages, s.max_length)
+        mc = _encode_options(tokenizer, messages, ex, s.max_length) if train and s.mc_weight and ex.choices else None
+        return ids, n, mc
 
-    return [enc(i) for i in train_idx], [enc(i) for i in eval_idx]
+    return [enc(i, True) for i in train_idx], [enc(i, False) for i in eval_idx]
+
+
+def _encode_options(tokenizer, messages: list[dict[str, str]], ex: ChatExample, max_length: int) -> MCEncoded:
+    """Every option of a multiple-choice example as the reply: (ids, answer tokens, option-text tokens) each, the
+    option text followed by the template's end-of-turn marker (not ranked: the same for every option)."""
+    if ex.gold is None or not 0 <= ex.gold < len(ex.choices):
+        raise AsymmetryError(f"a multiple-choice training example from {ex.source or 'the data'} has gold={ex.gold!r} "
+                             f"for {len(ex.choices)} choices: give the index of the right option")
+    rows = []
+    for option in ex.choices:
+        ids, n = encode_example(tokenizer, [*messages[:-1], {"role": "assistant", "content": option}], max_length)
+        text = len(tokenizer(option, add_special_tokens=False)["input_ids"])
+        rows.append((ids, n, max(1, min(text, n))))
+    return rows, ex.gold
 
 
 def _build_peft_model(loaded: LoadedBase, name: str, s: AdapterTrainSettings, token_ids: list[int] | None = None):
@@ -303,8 +330,11 @@ def _train_steps(run: _Run, train_enc: Encoded, pad_id: int, s: AdapterTrainSett
         perm = list(range(len(train_enc)))
         random.Random(s.seed * 1000 + epoch).shuffle(perm)
         chunk = [train_enc[j] for j in perm[pos * s.batch_size:(pos + 1) * s.batch_size]]
-        batch = left_pad([q for q, _ in chunk], [n for _, n in chunk], pad_id)  # (B, T) ids, (B, K) labels
-        loss = answer_loss(run.model, batch)  # scalar
+        if s.mc_weight and all(mc is not None for _, _, mc in chunk):
+            loss = _answer_and_option_loss(run.model, chunk, pad_id, s.mc_weight)  # scalar
+        else:
+            batch = left_pad([q for q, _, _ in chunk], [n for _, n, _ in chunk], pad_id)  # (B, T) ids, (B, K) labels
+            loss = answer_loss(run.model, batch)  # scalar
         loss.backward()
         torch.nn.utils.clip_grad_norm_(run.params, 1.0)
         run.optimizer.step()
@@ -320,6 +350,38 @@ def _train_steps(run: _Run, train_enc: Encoded, pad_id: int, s: AdapterTrainSett
     return True
 
 
+def _answer_and_option_loss(model, chunk: Encoded, pad_id: int, mc_weight: float) -> torch.Tensor:
+    """The right answer's cross-entropy per token plus ``mc_weight`` times a cross-entropy over each example's options
+    ranked by mean log-prob per option-text token, from one forward over every option row of the batch (the right
+    option's row, with its end-of-turn marker, is the answer's row)."""
+    seqs, lengths, texts, group = [], [], [], []  # per option row: ids, answer tokens, text tokens, example index
+    for b, (_, _, (rows, _)) in enumerate(chunk):
+        for ids, n, t in rows:
+            seqs.append(ids)
+            lengths.append(n)
+            texts.append(t)
+            group.append(b)
+    batch = left_pad(seqs, lengths, pad_id)  # (R, T) ids, (R, K) labels
+    logp = answer_logprobs(model, batch)  # (R, K), zero where unlabelled
+    keep = batch.keep
+    pos = torch.arange(keep)  # (K,)
+    start = torch.tensor([keep - n for n in lengths])  # (R,) first answer position of each row
+    text_mask = (pos >= start[:, None]) & (pos < (start + torch.tensor(texts))[:, None])  # (R, K)
+    mean = (logp * text_mask).sum(-1) / text_mask.sum(-1)  # (R,) mean log-prob per option-text token
+    n_opts = max(len(rows) for _, _, (rows, _) in chunk)
+    ranked = torch.full((len(chunk), n_opts), float("-inf"))  # (B, O); an example with fewer options pads with -inf
+    gold_rows, r = [], 0
+    for b, (_, _, (rows, gold)) in enumerate(chunk):
+        ranked[b, : len(rows)] = mean[r: r + len(rows)]
+        gold_rows.append(r + gold)
+        r += len(rows)
+    golds = torch.tensor([gold for _, _, (_, gold) in chunk])  # (B,)
+    option_loss = torch.nn.functional.cross_entropy(ranked, golds)
+    gold_logp = logp[gold_rows]  # (B, K)
+    answer = -gold_logp.sum() / (batch.labels[gold_rows] != -100).sum().clamp(min=1)
+    return answer + mc_weight * option_loss
+
+
 def _eval_loss(model, encoded: Encoded, pad_id: int, batch_size: int) -> float | None:
     """Mean cross-entropy per answer token over ``encoded`` (None when there is nothing held out)."""
     if not encoded:
@@ -329,7 +391,7 @@ def _eval_loss(model, encoded: Encoded, pad_id: int, batch_size: int) -> float |
     with torch.no_grad():
         for i in range(0, len(encoded), batch_size):
             chunk = encoded[i:i + batch_size]
-            batch = left_pad([q for q, _ in chunk], [n for _, n in chunk], pad_id)  # (B, T) ids, (B, K) labels
+            batch = left_pad([q for q, _, _ in chunk], [n for _, n, _ in chunk], pad_id)  # (B, T) ids, (B, K) labels
             tokens = int((batch.labels != -100).sum())
             total += float(answer_loss(model, batch)) * tokens
             count += tokens
@@ -384,7 +446,9 @@ def _card_markdown(card: dict) -> str:
         f"{card['eval_examples']} held out for eval loss)\n"
         f"- LoRA: rank {s['rank']}, alpha {s['alpha']}, dropout {s['dropout']}, modules {', '.join(s['target_modules'])}"
         + (f" of the last {s['top_layers']} layers" if s.get("top_layers") else "") + "\n"
-        f"- training: {card['steps']} steps, batch {s['batch_size']}, lr {s['lr']}, max length {s['max_length']}\n"
+        f"- training: {card['steps']} steps, batch {s['batch_size']}, lr {s['lr']}, max length {s['max_length']}"
+        + (f"; every option ranked too (multiple-choice loss, weight {s['mc_weight']})" if s.get("mc_weight") else "")
+        + "\n"
         f"- final train loss {card['final_train_loss']}; eval loss {card['eval_loss_before']} before -> "
         f"{card['final_eval_loss']} after\n"
         + (f"- control tokens (embedding rows trained, in `{CONTROL_ROWS}`): "
