@@ -67,14 +67,15 @@ def register(sub) -> None:
 
     td = esub.add_parser(
         "train-defaults", help="reproduce the default experts' adapters from the shipped question sets",
-        description="Train the default experts' adapters (science, commonsense: SmolLM2, the small line-up's; "
-        "scholar: Qwen2.5-Coder-0.5B, committed but out of the line-up since it lost to its bare base on MMLU test) "
+        description="Train the default experts' adapters (commonsense: SmolLM2, in the small line-up; science: "
+        "SmolLM2, and scholar: Qwen2.5-Coder-0.5B, committed but out of the line-up, since neither beat its bare "
+        "base by two paired standard errors on its held-out questions) "
         "from ARC/OpenBookQA/SciQ, CommonsenseQA/SocialIQA/HellaSwag and MMLU train/validation data, with "
         "the fixed settings in experts/data.py DEFAULT_RECIPES; and grounded (SmolLM2, emits control tokens) from "
         "SciQ support and SQuAD tune paragraphs, answers annotated recall/explain. Resumable.",
     )
     td.add_argument("names", nargs="*", default=["science", "commonsense"],
-                    help="experts to train (default: the small line-up's science and commonsense)")
+                    help="experts to train (default: the SmolLM2 ones, science and commonsense)")
     td.add_argument("--out", type=Path, help="folder for the adapters (default: experts/adapters in the source)")
     td.add_argument("--resume", action="store_true", help="continue interrupted runs from their checkpoints")
     td.set_defaults(func=cmd_train_defaults)

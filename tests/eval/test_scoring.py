@@ -75,22 +75,22 @@ def test_bad_arguments(smollm):
 
 def test_option_scorer_with_per_row_adapters_equals_full_sequences(pool):
     """The one scorer, prefix shared and adapters named per row, equals scoring each full sequence alone. (The small
-    line-up: its science expert is a LoRA adapter on SmolLM2; the default line-up's experts have no adapter.)"""
+    line-up: its commonsense expert is a LoRA adapter on SmolLM2; the default line-up's experts have no adapter.)"""
     from asymmetry.datasets import MCQuestion
     from asymmetry.eval.compare import option_scores, question_prompt
     from asymmetry.eval.metrics import option_metrics
 
-    science = ExpertRegistry.from_config(ExpertsConfig(lineup="small"), pool=pool).model("science")
-    tok = science.tokenizer
+    expert = ExpertRegistry.from_config(ExpertsConfig(lineup="small"), pool=pool).model("commonsense")
+    tok = expert.tokenizer
     q = MCQuestion("q1", "What do bees make?", ["honey", "steel beams", "ice"], 0, "test")
-    shared = option_scores(science.model, tok, [q], adapter_names=["science", "__base__"], lock=science.lock)
+    shared = option_scores(expert.model, tok, [q], adapter_names=["commonsense", "__base__"], lock=expert.lock)
     prefix, options = question_prompt(tok, q)
-    for name, got in zip(("science", "__base__"), shared):
+    for name, got in zip(("commonsense", "__base__"), shared):
         for (total, n_tok), option in zip(got, options):
             p_ids = tok(prefix, add_special_tokens=False).input_ids
             ids = tok(prefix + option, add_special_tokens=False).input_ids
-            with torch.no_grad(), science.lock:
-                logits = science.model(input_ids=torch.tensor([ids]), adapter_names=[name]).logits[0]  # (T, V)
+            with torch.no_grad(), expert.lock:
+                logits = expert.model(input_ids=torch.tensor([ids]), adapter_names=[name]).logits[0]  # (T, V)
             logp = torch.log_softmax(logits[:-1].float(), -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
             assert n_tok == len(ids) - len(p_ids)
             torch.testing.assert_close(torch.tensor(total), logp[len(p_ids) - 1:].sum(), atol=2e-3, rtol=1e-4)

@@ -29,12 +29,12 @@ def test_builtin_experts_and_default():
     assert reg.get("science").negative_prompt
 
 
-def test_small_lineup_keeps_the_lora_experts():
+def test_small_lineup_keeps_the_lora_expert_that_beats_its_base():
     reg = ExpertRegistry.from_config(ExpertsConfig(lineup="small"))
     assert reg.names() == ["science", "commonsense", "general", "scholar"]
-    assert reg.get("general").adapter is None
+    assert reg.get("general").adapter is None and reg.get("science").adapter is None  # science's LoRA: README
     assert reg.get("scholar").base == "qwen2.5-coder-0.5b"
-    assert reg.get("science").adapter.endswith("experts/adapters/science")
+    assert reg.get("commonsense").adapter.endswith("experts/adapters/commonsense")
     with pytest.raises(ConfigError, match="experts.lineup"):
         ExpertsConfig(lineup="huge")
     with pytest.raises(ConfigError, match="experts.quantize"):

@@ -186,8 +186,10 @@ def test_a_prompt_longer_than_the_context_is_a_400(client):
 
 
 def test_two_concurrent_requests_share_decode_steps_and_keep_their_answers(client):
+    # the bare science expert beside commonsense's adapter row; a question the commonsense expert answers in a
+    # sentence (a one-word cloze reply would end at the prefill, before any shared step)
     jobs = [("What gas do plants absorb for photosynthesis?", "science"),
-            ("Alex gave his friend a gift. How would the friend feel?", "commonsense")]
+            ("Why do people wear warm coats in winter? Explain in a sentence.", "commonsense")]
     sequential = [ask(client, q, model=m, max_tokens=16).choices[0].message.content for q, m in jobs]
     results: dict[int, object] = {}
     barrier = threading.Barrier(2)
