@@ -69,14 +69,18 @@ def _margins(model, tok) -> float:
 
 
 def test_training_with_the_option_loss_widens_the_right_options_margin(smollm, tmp_path):
+    """Six steps on six questions: the right option's lead over the best wrong one grows, and more than with the
+    answer's loss alone (same data, steps and seed; measured 0.11 -> 4.3 nats, against 3.4)."""
     tok = smollm.tokenizer
     before = _margins(smollm.model, tok)
-    settings = AdapterTrainSettings(max_steps=6, batch_size=3, max_length=96, eval_size=0, lr=5e-3, rank=4, alpha=8,
-                                    mc_weight=1.0, checkpoint_every=10)
-    result = train_adapter("mc", EXAMPLES, tmp_path / "mc", settings=settings, progress=False)
-    model = result.model.eval()
-    after = _margins(model, tok)
-    assert after > before + 0.5, (before, after)
+    after = {}
+    for weight in (1.0, 0.0):
+        settings = AdapterTrainSettings(max_steps=6, batch_size=3, max_length=96, eval_size=0, lr=5e-3, rank=4,
+                                        alpha=8, mc_weight=weight, checkpoint_every=10)
+        result = train_adapter(f"mc{weight:g}", EXAMPLES, tmp_path / f"mc{weight:g}", settings=settings, progress=False)
+        after[weight] = _margins(result.model.eval(), tok)
+    assert after[1.0] > before + 0.5, (before, after)
+    assert after[1.0] > after[0.0] + 0.3, (before, after)
 
 
 def test_option_loss_settings_and_bad_examples_are_refused(smollm):
