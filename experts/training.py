@@ -354,13 +354,12 @@ def _answer_and_option_loss(model, chunk: Encoded, pad_id: int, mc_weight: float
     """The right answer's cross-entropy per token plus ``mc_weight`` times a cross-entropy over each example's options
     ranked by mean log-prob per option-text token, from one forward over every option row of the batch (the right
     option's row, with its end-of-turn marker, is the answer's row)."""
-    seqs, lengths, texts, group = [], [], [], []  # per option row: ids, answer tokens, text tokens, example index
-    for b, (_, _, (rows, _)) in enumerate(chunk):
+    seqs, lengths, texts = [], [], []  # per option row, example by example: ids, answer tokens, option-text tokens
+    for _, _, (rows, _) in chunk:
         for ids, n, t in rows:
             seqs.append(ids)
             lengths.append(n)
             texts.append(t)
-            group.append(b)
     batch = left_pad(seqs, lengths, pad_id)  # (R, T) ids, (R, K) labels
     logp = answer_logprobs(model, batch)  # (R, K), zero where unlabelled
     keep = batch.keep
