@@ -21,6 +21,7 @@ from asymmetry.experts.config import adapters_package_dir
 from asymmetry.experts.controls import adapter_controls
 
 SNIPPET = Path(__file__).resolve().parents[2] / "benchmarks" / "controls_grounded.toml"
+QWEN_SNIPPET = SNIPPET.with_name("controls_grounded_qwen.toml")  # the same expert trained on Qwen2.5-Coder-0.5B
 QUESTIONS = 2  # the first held-out SQuAD questions (never trained on: the adapter trains on the tune part)
 CONTROL_NAMES = ("recall", "explain")
 
@@ -70,3 +71,18 @@ def test_masked_controls_are_never_drawn_even_by_an_engine_with_controls_off_on_
         tokens, plan = _greedy_tokens(Engine(config, pool=pool))
         assert not plan.emit_controls and plan.model.base is base
         assert tokens and not set(tokens) & set(base.control_ids)
+
+
+def test_the_qwen_expert_starts_its_answer_with_a_trained_control_and_answers_from_its_sources(pool):
+    """grounded-qwen (train-defaults grounded-qwen) with the defaults of its snippet: on a held-out SQuAD question its
+    reply starts with a control it was trained to emit, the segment's sampler is that control's, no control reaches
+    the text."""
+    assert adapter_controls(adapters_package_dir() / "grounded-qwen") is not None
+    bot = Assistant(Config.from_dict(tomllib.loads(QWEN_SNIPPET.read_text(encoding="utf-8"))), pool=pool)
+    item = load_qa("squad", "heldout")[0]
+    answer = bot.ask(item.question, expert="grounded-qwen", sampler={"max_tokens": 24, "seed": 0})
+    assert answer.expert == "grounded-qwen" and answer.text.strip() and "<|" not in answer.text
+    segments = answer.stats["segments"]
+    first = next(s for s in segments if s["control"] is not None)  # after the empty segment the prompt set
+    assert first["start"] == 1 and first["control"] in CONTROL_NAMES, segments  # token 0 is the control itself
+    assert first["tau"] == {"recall": 1.5, "explain": 4.0}[first["control"]]
