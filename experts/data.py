@@ -234,19 +234,12 @@ DEFAULT_RECIPES: dict[str, dict] = {
         "train": [("sciq", "validation:train", 130), ("squad", "tune (not the first 100, nor their paragraphs)", 130)],
         "data": {"sciq": 130, "squad": 130, "without": 0.25, "distractors": 0},
     },
-    # the same data and layout on Qwen2.5-Coder-0.5B (24 layers; Qwen's spare embedding rows hold the controls): a
-    # base that answers factual questions far better than SmolLM2, for the controls' QA measurement (README)
-    "grounded-qwen": {
-        "base": "qwen2.5-coder-0.5b",
-        "style": "grounded",
-        "controls": True,
-        "system_prompt": "You are a careful assistant. Answer from the passages when they hold the answer.",
-        "settings": {**_SMOLLM2_SETTINGS, "max_steps": 36, "batch_size": 4, "lr": 1e-3, "max_length": 320,
-                     "eval_size": 24, "checkpoint_every": 4, "warmup_steps": 4, "top_layers": 6},
-        "train": [("sciq", "validation:train", 130), ("squad", "tune (not the first 100, nor their paragraphs)", 130)],
-        "data": {"sciq": 130, "squad": 130, "without": 0.25, "distractors": 0},
-    },
 }
+# the same data and layout on Qwen2.5-Coder-0.5B (24 layers; Qwen's spare embedding rows hold the controls): a base
+# that answers factual questions far better than SmolLM2, for the controls' QA measurement (README, Control tokens)
+DEFAULT_RECIPES["grounded-qwen"] = {
+    **DEFAULT_RECIPES["grounded"], "base": "qwen2.5-coder-0.5b",
+    "settings": {**DEFAULT_RECIPES["grounded"]["settings"], "lr": 1e-3, "checkpoint_every": 4}}
 
 
 def split_questions(dataset: str, split: str, seed: int = 0) -> list:
