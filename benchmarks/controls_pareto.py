@@ -198,7 +198,9 @@ def layer_types(engine: Engine) -> dict[str, dict[str, int]]:
     out = {}
     for base_name in dict.fromkeys(e.base for e in engine.experts):
         model = engine.pool.base(base_name, engine.experts.placement).loaded.model
-        counts = Counter(type(m).__name__ for m in model.modules() if "Linear" in type(m).__name__)
+        counts = Counter(type(m).__name__ for name, m in model.named_modules()  # the base's own layers: not an
+                         if "Linear" in type(m).__name__ and "lora_" not in name  # adapter's LoRA factors nor
+                         and not hasattr(m, "base_layer"))  # peft's wrapper (attached before or after a resume)
         out[base_name] = dict(sorted(counts.items()))
     return out
 
