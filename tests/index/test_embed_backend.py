@@ -62,17 +62,20 @@ def test_int8_index_gives_the_same_top_k(int8_index, small_index, small_corpus, 
     ours = Retriever.open(int8_index, config=config, embedder=int8_embedder)
     theirs = Retriever.open(small_index, config=config, embedder=embedder)
     shared = 0
+    # passages are compared by text: the corpus holds an exact duplicate under another title, and search keeps one
+    # of two equal texts; int8 vectors depend slightly on the shard a text was embedded with, so the copy kept may
+    # differ between the two indexes
     for q in questions:  # the same first passage; passages may swap only at a near tie around the fifth place
         mine, reference = ours.search(q, k=5, mode="dense"), theirs.search(q, k=5, mode="dense")
-        assert mine[0].id == reference[0].id
-        deep = {p.id: p.score for p in theirs.search(q, k=20, mode="dense")}  # float scores past the top 5
-        mine_ids, reference_ids = {p.id for p in mine}, {r.id for r in reference}
-        common = [p for p in mine if p.id in reference_ids]
-        assert len(common) >= 3 and max(abs(p.score - deep[p.id]) for p in common) < 0.04
+        assert mine[0].text == reference[0].text
+        deep = {p.text: p.score for p in theirs.search(q, k=20, mode="dense")}  # float scores past the top 5
+        mine_texts, reference_texts = {p.text for p in mine}, {r.text for r in reference}
+        common = [p for p in mine if p.text in reference_texts]
+        assert len(common) >= 3 and max(abs(p.score - deep[p.text]) for p in common) < 0.04
         for p in mine:  # a passage only int8 ranks in the top 5 was within the tolerance of the float fifth
-            assert p.id in deep and deep[p.id] > reference[-1].score - 0.04, (q, p.title)
+            assert p.text in deep and deep[p.text] > reference[-1].score - 0.04, (q, p.title)
         for r in reference:  # and one it dropped was within the tolerance of the int8 fifth
-            assert r.id in mine_ids or r.score < mine[-1].score + 0.04, (q, r.title)
+            assert r.text in mine_texts or r.score < mine[-1].score + 0.04, (q, r.title)
         shared += len(common)
     # measured: 55 of 60 on an AVX512-VNNI machine, 53 of 60 on an AVX2-only one (its int8 kernels round
     # differently); every swap there was among scores within 0.02 of each other
