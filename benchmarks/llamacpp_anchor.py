@@ -68,7 +68,7 @@ def llama_decode(llama_cpp, llm, ids: list[int], tokens: int, setting: str) -> d
             "c_eval_tokens_per_s": perf.n_eval / (perf.t_eval_ms / 1000) if perf.t_eval_ms else None}
 
 
-def measure(spec: str, modes: list[str], rounds: int, tokens: int, threads: int, bw: dict) -> dict:
+def measure(spec: str, modes: list[str], rounds: int, tokens: int, threads: int, bw: dict, llama_batch: int) -> dict:
     import torch
     from bandwidth_bound import bound, bytes_per_token  # this folder's scripts (the script's folder is on sys.path)
     from quantize_decode import PROMPT, bytes_of, placement_of
@@ -89,7 +89,7 @@ def measure(spec: str, modes: list[str], rounds: int, tokens: int, threads: int,
     ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=True)
     ids = list(ids if isinstance(ids, list) else ids["input_ids"])
     llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=512, n_threads=threads, n_threads_batch=threads, seed=SEED,
-                          verbose=False)
+                          n_batch=llama_batch, n_ubatch=llama_batch, verbose=False)
     configs = {"greedy": SamplerConfig(temperature=0.0, max_tokens=tokens),
                "full": SamplerConfig(max_tokens=tokens, seed=SEED, **FULL)}
     variants = ["llama.cpp", *modes]
@@ -142,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--llama-batch", type=int, default=1,
+                    help="llama.cpp's prompt batch (n_batch = n_ubatch). 1 by default: on AMX CPUs (Sapphire Rapids) "
+                         "a native build segfaults in its AMX matmul on any prompt batch of 4 or more "
+                         "(ggml-org/llama.cpp#20824); decode steps are batches of one token either way, so the decode "
+                         "figures do not depend on it")
     ap.add_argument("--gib", type=float, default=1.0, help="array size of the bandwidth measurement")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -150,13 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     from bandwidth_bound import measure_bandwidth
 
     torch.set_num_threads(args.threads)
-    results = {"threads": args.threads, "torch": torch.__version__, "machine": platform.processor(),
+    results = {"threads": args.threads, "llama_batch": args.llama_batch, "torch": torch.__version__, "machine": platform.processor(),
                "load_average_start": os.getloadavg(), "sampling_full": FULL, "bases": []}
     bw = measure_bandwidth(args.gib)
     print(f"read bandwidth {bw['read_gbps']:.1f} GB/s (best of 1 and 2 threads)", flush=True)
     for spec in args.bases.split(","):
         modes = (args.modes or DEFAULT_MODES.get(spec, "none,int8,int4")).split(",")
-        res = measure(spec, modes, args.rounds, args.tokens, args.threads, bw)
+        res = measure(spec, modes, args.rounds, args.tokens, args.threads, bw, args.llama_batch)
         results["bases"].append(res)
         print(json.dumps({k: res[k] for k in ("base", "median_decode_tokens_per_s", "ratio_vs_llama_cpp",
                                                "bound_tokens_per_s", "fraction_of_bound",
