@@ -37,6 +37,20 @@ def ensure_offline() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+_PROGRESS = {"bars": True}
+
+
+def set_progress_bars(enabled: bool) -> None:
+    """Turn this process's incidental progress bars (a model's loading) on or off: ``--no-progress`` turns them off
+    with the command's own bar, so a log of a long run holds no bar at all."""
+    _PROGRESS["bars"] = bool(enabled)
+
+
+def progress_bars() -> bool:
+    """Whether incidental progress bars are shown (see :func:`set_progress_bars`)."""
+    return _PROGRESS["bars"]
+
+
 @contextlib.contextmanager
 def quiet_loading():
     """No transformers "Loading weights" bar while a local model folder loads (in a second or two); restored after."""

@@ -340,7 +340,7 @@ def load(gguf: GgufFile, folder: Path, mode: str, dtype: torch.dtype, head: bool
     head_name = _head_name(model)
     later: list[tuple[GgufTensor, str]] = []  # linear weights: after their biases are in place
     bar = tqdm(total=len(gguf.tensors), desc=label or f"loading {gguf.path.name}", unit="tensor", delay=1.0,
-               leave=False)
+               leave=False, disable=not defaults.progress_bars())
     with torch.no_grad(), bar:
         for t in gguf.tensors.values():
             target = names.get(t.name)

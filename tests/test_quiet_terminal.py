@@ -57,3 +57,17 @@ def test_python_warnings_ours_one_line_third_party_only_verbose():
     assert buf.getvalue() == ""
     cli._show_warning_verbose("old API", FutureWarning, theirs, 10, file=buf)
     assert "FutureWarning: old API" in buf.getvalue()
+
+
+def test_no_progress_turns_off_every_bar(tmp_path, monkeypatch):
+    """--no-progress silences the bars a command does not own too (a GGUF model's loading bar in an eval log)."""
+    from asymmetry import defaults
+
+    monkeypatch.chdir(tmp_path)
+    try:
+        assert cli.main(["eval", "qa", "missing.jsonl"]) == 2  # a bad input: an error; bars as they were
+        assert defaults.progress_bars()
+        assert cli.main(["eval", "qa", "missing.jsonl", "--no-progress"]) == 2
+        assert not defaults.progress_bars()
+    finally:
+        defaults.set_progress_bars(True)

@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_output(args.verbose)
+    defaults.set_progress_bars(not getattr(args, "no_progress", False))  # also the bars a command does not own
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
