@@ -59,16 +59,16 @@ class Penalties:
         if self.last_n == 0 or input_ids.shape[-1] == 0:
             return scores
         window = input_ids if self.last_n == -1 else input_ids[:, -self.last_n :]  # (B, T')
-        counts = torch.zeros_like(scores).scatter_add_(  # (B, V)
-            1, window, torch.ones_like(window, dtype=scores.dtype)
-        )
-        seen = counts > 0  # (B, V)
-        if self.repeat != 1.0:
-            penalised = torch.where(scores > 0, scores / self.repeat, scores * self.repeat)  # (B, V)
-            scores = torch.where(seen, penalised, scores)
-        if self.frequency or self.presence:
-            scores = scores - counts * self.frequency - seen.to(scores.dtype) * self.presence
-        return scores
+        out = scores.clone()  # (B, V); only the tokens of the window change: O(T') work, not O(V) per stage
+        for row in range(scores.shape[0]):
+            seen, counts = torch.unique(window[row], return_counts=True)  # (U,), (U,)
+            s = scores[row, seen]  # (U,)
+            if self.repeat != 1.0:
+                s = torch.where(s > 0, s / self.repeat, s * self.repeat)
+            if self.frequency or self.presence:
+                s = s - counts.to(s.dtype) * self.frequency - self.presence
+            out[row, seen] = s
+        return out
 
 
 class Temperature:
@@ -108,11 +108,22 @@ class TopP:
         self.p = float(p)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        sorted_scores, order = torch.sort(scores, dim=-1, descending=True)  # (B, V)
-        cum = sorted_scores.softmax(-1).cumsum(-1)  # (B, V)
-        drop_sorted = (cum - sorted_scores.softmax(-1)) >= self.p  # mass before this token already reaches p
-        drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)  # (B, V)
-        return scores.masked_fill(drop, NEG_INF)
+        # Only the most likely tokens are sorted: the k largest probabilities, k growing 16-fold until they hold p
+        # in every row (after top-k, or for a peaked distribution, the first k). Every token past them has at least
+        # p before it, so it is dropped: the same set as a sort of the whole vocabulary (a 152k-token sort took
+        # about 8 ms a step on one core, most of the sampler's time).
+        probs = scores.softmax(-1)  # (B, V)
+        width = probs.shape[-1]
+        k = min(64, width)
+        while True:
+            top, order = torch.topk(probs, k, dim=-1)  # (B, k), sorted, descending
+            cum = top.cumsum(-1)  # (B, k)
+            if k == width or bool((cum[:, -1] >= self.p).all()):
+                break
+            k = min(k * 16, width)
+        keep_sorted = (cum - top) < self.p  # mass before this token has not reached p yet
+        keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(1, order, keep_sorted)  # (B, V)
+        return scores.masked_fill(~keep, NEG_INF)
 
 
 class MinP:

@@ -108,6 +108,42 @@ def test_filters_keep_what_they_should():
     torch.testing.assert_close(out, expected)
 
 
+def _mass_before(scores: torch.Tensor) -> torch.Tensor:
+    """The reference nucleus's quantity: per token, the probability of every token sorted before it (a full sort)."""
+    sorted_scores, order = torch.sort(scores, dim=-1, descending=True)
+    probs = sorted_scores.softmax(-1)
+    return torch.zeros_like(probs).scatter_(1, order, probs.cumsum(-1) - probs)
+
+
+@pytest.mark.parametrize("spread", [0.5, 3.0, 12.0])  # flat (the search widens to the whole vocabulary) to peaked
+@pytest.mark.parametrize("p", [0.1, 0.9, 0.95, 0.999])
+def test_top_p_keeps_the_same_tokens_as_a_full_sort(spread, p):
+    g = torch.Generator().manual_seed(int(spread * 100 + p * 1000))
+    scores = torch.randn(3, 151936, generator=g) * spread  # three rows, Qwen's vocabulary width
+    scores[1, torch.randperm(151936, generator=g)[:151900]] = float("-inf")  # a row after top-k: 36 tokens left
+    out = TopP(p)(torch.zeros(3, 0, dtype=torch.long), scores)
+    before = _mass_before(scores)
+    reference = torch.isfinite(scores) & (before < p)
+    kept = torch.isfinite(out)
+    assert kept.any(-1).all()
+    differ = kept != reference
+    # float32 sums in another order may move a token whose mass before it is p to within rounding, nothing else
+    assert all(abs(float(b) - p) < 1e-4 for b in before[differ]), before[differ]
+    assert float(scores.softmax(-1)[differ].sum()) < 1e-4  # the kept distributions differ by < 1e-4 in mass
+    assert torch.equal(out[kept], scores[kept])
+
+
+def test_penalties_touch_only_the_window_tokens_as_the_dense_formula():
+    g = torch.Generator().manual_seed(5)
+    scores = torch.randn(2, 1000, generator=g) * 4
+    ids = torch.randint(0, 50, (2, 90), generator=g)  # repeats within the window
+    stage = Penalties(repeat=1.3, frequency=0.2, presence=0.4, last_n=64)
+    counts = torch.zeros_like(scores).scatter_add_(1, ids[:, -64:], torch.ones(2, 64))
+    seen = counts > 0
+    dense = torch.where(seen, torch.where(scores > 0, scores / 1.3, scores * 1.3), scores) - counts * 0.2 - seen * 0.4
+    torch.testing.assert_close(stage(ids, scores), dense)
+
+
 def test_mirostat_v2_truncates_by_surprise_and_updates_mu():
     probs = torch.tensor([[0.5, 0.25, 0.125, 0.0625, 0.0625]])
     stage = Mirostat(2, tau=1.5, eta=0.5)
