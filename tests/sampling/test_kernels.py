@@ -36,9 +36,38 @@ def test_leaves_autograd_and_other_dtypes_alone():
     assert x.grad is not None and w.grad is not None
 
 
-def test_wants_small_batch():
+def test_wants_small_batch(monkeypatch):
+    from asymmetry.sampling import kernels
+
     cpu = torch.device("cpu")
+    monkeypatch.setitem(kernels._MEASURED, "helps", True)  # a CPU whose GEMM is slow for 2-16 rows (AVX2 kind)
     assert wants_small_batch(2, cpu, torch.float32)
+    assert wants_small_batch(16, cpu, torch.float32)
     assert not wants_small_batch(1, cpu, torch.float32)
+    assert not wants_small_batch(17, cpu, torch.float32)
     assert not wants_small_batch(2, cpu, torch.bfloat16)
     assert not wants_small_batch(2, torch.device("meta"), torch.float32)
+    monkeypatch.setitem(kernels._MEASURED, "helps", False)  # one whose F.linear is as fast (AVX512 + AMX kind)
+    assert not wants_small_batch(2, cpu, torch.float32)
+
+
+def test_the_layout_choice_follows_this_cpu_and_is_measured_once(monkeypatch):
+    """The verdict is what this machine measures (the faster layout, with a 20% margin for the rerouting), kept."""
+    from asymmetry.sampling import kernels
+
+    monkeypatch.setattr(kernels, "_MEASURED", {})
+    calls = []
+    real = kernels._time_layouts
+
+    def timed(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(kernels, "_time_layouts", timed)
+    verdict = kernels.transposed_layout_helps()
+    assert kernels.transposed_layout_helps() is verdict and len(calls) == 1
+    linear_s, transposed_s = real(repeats=9)
+    if transposed_s < 0.6 * linear_s:  # clearly faster rerouted (the AVX2 machine: 27 against 43 ms)
+        assert verdict
+    if transposed_s > linear_s:  # clearly slower rerouted (the AMX machine: 3.2x)
+        assert not verdict
