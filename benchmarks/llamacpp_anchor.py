@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     from bandwidth_bound import measure_bandwidth
 
     torch.set_num_threads(args.threads)
-    results = {"threads": args.threads, "llama_batch": args.llama_batch, "torch": torch.__version__, "machine": platform.processor(),
+    results = {"threads": args.threads, "llama_batch": args.llama_batch, "torch": torch.__version__,
+               "machine": platform.processor(),
                "load_average_start": os.getloadavg(), "sampling_full": FULL, "bases": []}
     bw = measure_bandwidth(args.gib)
     print(f"read bandwidth {bw['read_gbps']:.1f} GB/s (best of 1 and 2 threads)", flush=True)

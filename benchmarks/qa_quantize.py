@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from controls_pareto import paired as paired_difference  # this folder's scripts (the script's folder is on sys.path)
+
 from asymmetry.atomic import atomic_write_json
+from asymmetry.eval.qa import load_predictions
 
 MODES = ("int4", "none")
 
@@ -40,19 +42,15 @@ def run(set_name: str, limit: int, mode: str, out: Path) -> Path:
 
 
 def rows(folder: Path) -> dict[str, dict]:
-    with open(folder / "predictions.jsonl", encoding="utf-8") as f:
-        return {r["id"]: r for r in map(json.loads, f)}
+    return load_predictions(folder / "predictions.jsonl")
 
 
 def paired(a: dict[str, dict], b: dict[str, dict], key: str) -> dict:
     """Mean of a, of b, and of the per-question difference a - b with its standard error, over the shared ids."""
     ids = [i for i in a if i in b]
-    d = [float(a[i][key]) - float(b[i][key]) for i in ids]
-    n = len(d)
-    mean = sum(d) / n
-    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1)) if n > 1 else 0.0
+    difference, se, n = paired_difference(a, b, key)
     return {"n": n, "int4": sum(float(a[i][key]) for i in ids) / n, "float32": sum(float(b[i][key]) for i in ids) / n,
-            "difference": mean, "se": sd / math.sqrt(n)}
+            "difference": difference, "se": se}
 
 
 def compare(folders: dict[str, Path]) -> dict:
@@ -88,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             pooled[m].update({f"{set_name}:{k}": v for k, v in rows(folders[m]).items()})
     results["pooled"] = {k: paired(pooled["int4"], pooled["none"], k) for k in ("contains", "em", "f1")}
     atomic_write_json(out / "summary.json", results, indent=1)
-    print("\n| set | n | contains int4 | contains float32 | difference (paired SE) | flips int4 / float32 | same reply |")
+    print("\n| set | n | contains int4 | contains float32 | difference (paired SE) | flips int4 / float32 "
+          "| same reply |")
     print("|---|---|---|---|---|---|---|")
     for name, r in results["sets"].items():
         c = r["contains"]
