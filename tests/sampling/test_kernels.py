@@ -51,23 +51,31 @@ def test_wants_small_batch(monkeypatch):
     assert not wants_small_batch(2, cpu, torch.float32)
 
 
-def test_the_layout_choice_follows_this_cpu_and_is_measured_once(monkeypatch):
-    """The verdict is what this machine measures (the faster layout, with a 20% margin for the rerouting), kept."""
+@pytest.mark.parametrize("linear_s, transposed_s, helps", [
+    (0.043, 0.027, True),  # the AVX2 machine's 2-row product (ms as s): rerouting 1.6x faster
+    (0.0030, 0.0101, False),  # the AVX512 + AMX machine's: rerouting 3.2x slower
+    (0.010, 0.0085, False),  # rerouting faster, but within the 20% margin
+])
+def test_the_layout_choice_follows_the_measurement_and_is_made_once(monkeypatch, linear_s, transposed_s, helps):
+    """The verdict is the measured faster layout (rerouting needs a 20% margin), measured once and kept; the timing
+    itself (no wall-clock assertion) is checked to measure both layouts."""
     from asymmetry.sampling import kernels
 
     monkeypatch.setattr(kernels, "_MEASURED", {})
     calls = []
-    real = kernels._time_layouts
 
-    def timed(*a, **kw):
+    def timed():
         calls.append(1)
-        return real(*a, **kw)
+        return linear_s, transposed_s
 
     monkeypatch.setattr(kernels, "_time_layouts", timed)
-    verdict = kernels.transposed_layout_helps()
-    assert kernels.transposed_layout_helps() is verdict and len(calls) == 1
-    linear_s, transposed_s = real(repeats=9)
-    if transposed_s < 0.6 * linear_s:  # clearly faster rerouted (the AVX2 machine: 27 against 43 ms)
-        assert verdict
-    if transposed_s > linear_s:  # clearly slower rerouted (the AMX machine: 3.2x)
-        assert not verdict
+    assert kernels.transposed_layout_helps() is helps
+    assert kernels.transposed_layout_helps() is helps and len(calls) == 1
+    assert wants_small_batch(2, torch.device("cpu"), torch.float32) is helps
+
+
+def test_the_layout_probe_times_both_layouts():
+    from asymmetry.sampling import kernels
+
+    linear_s, transposed_s = kernels._time_layouts(repeats=2)
+    assert linear_s > 0 and transposed_s > 0  # seconds of each layout (their values are the machine's, not asserted)
