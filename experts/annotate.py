@@ -17,13 +17,20 @@ byte. :func:`grounded_examples` builds the training set of the shipped ``grounde
 paragraphs of the ``tune`` part (never a ``heldout`` paragraph, nor the paragraph of any of the first
 ``SQUAD_MEASURED`` tune questions, which the control benchmark measures on), with other paragraphs as distractors
 (``distractors``; the shipped expert: none) or instead of the gold one, in the engine's prompt layout (system prompt, cite instruction, numbered passages).
+:func:`retrieved_examples` adds distant supervision on the passages the default pipeline really retrieves (NQ-open and
+TriviaQA ``tune`` questions after the first ``QA_MEASURED``, shipped in ``recipes/grounded_retrieved.jsonl.gz``): where
+a passage holds a gold alias the reply copies its sentence, cited (recall), else the alias from the model's own
+knowledge, marked (explain).
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import random
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from asymmetry.datasets import SQUAD_HELDOUT_FROM, hash_bucket, load_qa, load_squad, sciq_support
 from asymmetry.errors import AsymmetryError
@@ -35,6 +42,8 @@ RECALL, EXPLAIN = "recall", "explain"
 TONES = ("formal", "plain")
 NOT_IN_SOURCES = "(not in the sources)"  # the engine's marker (asymmetry.engine.NOT_IN_SOURCES, a layer above)
 SQUAD_MEASURED = 100  # the first N SQuAD tune questions (hash order): their paragraphs are never trained on
+QA_MEASURED = 100  # likewise the first N NQ-open / TriviaQA tune questions: never in the retrieved training data
+RETRIEVED_FILE = Path(__file__).parent / "recipes" / "grounded_retrieved.jsonl.gz"  # tools/make_grounded_passages.py
 _WORD = re.compile(r"\w+")
 _CITATION = re.compile(r"\[\s*\d+(?:\s*[,;]\s*\d+)*\s*\]")
 _SENTENCE = re.compile(r"[^.!?]+[.!?]+(?=\s|$)|[^.!?]+$")
@@ -221,5 +230,52 @@ def grounded_examples(tokens: dict[str, str], *, instruction: str, system: str |
     for item in rng.sample(train, min(squad, len(train))):
         passages, gold = _passages(rng, (item.title, item.paragraph), pool, without, distractors)
         examples.append(_example(item.question, passages, gold, item.answers[0], source="squad", **kw))
+    rng.shuffle(examples)
+    return examples
+
+
+def _alias_in(passages: list[tuple[str, str]], answers: list[str]) -> tuple[int, str] | None:
+    """The first passage (index) holding a gold alias as whole words, and that alias; None when none does."""
+    for i, (_, text) in enumerate(passages):
+        words = _norm_words(text)
+        for alias in answers:
+            if _norm_words(alias).strip() and _norm_words(alias) in words:
+                return i, alias
+    return None
+
+
+def retrieved_examples(tokens: dict[str, str], *, instruction: str, system: str | None = None, held: int = 150,
+                       missing: int = 75, max_words: int = 120, seed: int = 0, min_words: int = MIN_WORDS,
+                       path: str | Path = RETRIEVED_FILE) -> list[ChatExample]:
+    """Distant supervision from the passages the default pipeline retrieves (``path``, written by
+    ``tools/make_grounded_passages.py``: NQ-open and TriviaQA ``tune`` questions after the first ``QA_MEASURED``):
+    up to ``held`` questions whose passages hold a gold alias (the reply: the passage sentence holding it, cited,
+    annotated ``recall``) and up to ``missing`` whose passages do not (the first alias from the model's own knowledge,
+    ``(not in the sources)``, ``explain``). Questions that retrieved no passage are left out (the engine prompts
+    those without passages). The same prompt layout and windowing as :func:`grounded_examples`."""
+    path = Path(path)
+    try:
+        rows = [json.loads(line) for line in gzip.decompress(path.read_bytes()).decode("utf-8").splitlines()]
+    except FileNotFoundError:
+        raise AsymmetryError(f"{path} is missing: reinstall asymmetry, or write it with "
+                             "python tools/make_grounded_passages.py") from None
+    except (OSError, EOFError, ValueError) as exc:
+        raise AsymmetryError(f"{path} is damaged ({exc}): rewrite it with python tools/make_grounded_passages.py")
+    rng = random.Random(f"retrieved-{seed}")
+    kw = {"instruction": instruction, "system": system, "tokens": tokens, "min_words": min_words,
+          "max_words": max_words}
+    hits, misses = [], []
+    for row in rows:
+        passages = [(p["title"], p["text"]) for p in row["passages"]]
+        if not passages or not row["answers"]:
+            continue
+        found = _alias_in(passages, row["answers"])
+        if found is None:
+            misses.append(_example(row["question"], passages, None, row["answers"][0], source=row["source"], **kw))
+        else:
+            example = _example(row["question"], passages, found[0], found[1], source=row["source"], **kw)
+            if example.messages[-1]["content"].startswith(tokens[RECALL]):  # not a chance match cut off by windowing
+                hits.append(example)
+    examples = rng.sample(hits, min(held, len(hits))) + rng.sample(misses, min(missing, len(misses)))
     rng.shuffle(examples)
     return examples

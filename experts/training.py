@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from asymmetry.atomic import atomic_dir, atomic_path
 from asymmetry.errors import AsymmetryError, ConfigError
-from asymmetry.experts.annotate import grounded_examples
+from asymmetry.experts.annotate import grounded_examples, retrieved_examples
 from asymmetry.experts.base import LoadedBase, Placement, load_model
 from asymmetry.experts.config import SMALL_EXPERTS, adapters_package_dir
 from asymmetry.experts.controls import CARD_FILE, CONTROL_ROWS, split_control_rows, trainable_rows
@@ -484,6 +484,10 @@ def train_default(name: str, out_root: str | Path | None = None, *, resume: bool
                                  "instruction (asymmetry expert train-defaults does)")
         system_prompt = recipe["system_prompt"]
         examples = grounded_examples(control_tokens, instruction=instruction, system=system_prompt, **recipe["data"])
+        if "retrieved" in recipe:  # distant supervision on passages the default pipeline retrieved
+            examples = retrieved_examples(control_tokens, instruction=instruction, system=system_prompt,
+                                          **recipe["retrieved"]) + examples
+            random.Random(f"{name}-mix").shuffle(examples)
         desc += "; answers annotated recall/explain (experts/annotate.py)"
     else:
         system_prompt = next(e for e in SMALL_EXPERTS if e.name == name).system_prompt  # the small line-up's LoRAs

@@ -72,8 +72,9 @@ def register(sub) -> None:
         "base by two paired standard errors on its held-out questions) "
         "from ARC/OpenBookQA/SciQ, CommonsenseQA/SocialIQA/HellaSwag and MMLU train/validation data, with "
         "the fixed settings in experts/data.py DEFAULT_RECIPES; and grounded (SmolLM2) and grounded-qwen "
-        "(Qwen2.5-Coder-0.5B), which emit control tokens, from SciQ support and SQuAD tune paragraphs, answers "
-        "annotated recall/explain. Resumable.",
+        "(Qwen2.5-Coder-0.5B), which emit control tokens, from SciQ support and SQuAD tune paragraphs (grounded-qwen "
+        "also from NQ-open/TriviaQA tune questions with the passages the default pipeline retrieves for them), "
+        "answers annotated recall/explain. Resumable.",
     )
     td.add_argument("names", nargs="*", default=["science", "commonsense"],
                     help="experts to train (default: the SmolLM2 ones, science and commonsense)")

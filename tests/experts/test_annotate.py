@@ -3,7 +3,10 @@ what an answer copies from its passage becomes recall, the rest explain, and the
 
 from __future__ import annotations
 
+import gzip
 import itertools
+import json
+import re
 
 import pytest
 
@@ -12,11 +15,14 @@ from asymmetry.engine import CITE_INSTRUCTION
 from asymmetry.errors import AsymmetryError
 from asymmetry.experts.annotate import (
     EXPLAIN,
+    QA_MEASURED,
     RECALL,
+    RETRIEVED_FILE,
     SQUAD_MEASURED,
     annotate,
     annotated_answer,
     grounded_examples,
+    retrieved_examples,
     strip_controls,
 )
 from asymmetry.sampling.controls import ControlsConfig
@@ -73,3 +79,25 @@ def test_the_grounded_training_set_never_holds_an_evaluation_paragraph_and_strip
         if first == TOKENS["recall"] and ex.source == "sciq":
             assert any(plain.split(" [")[0] in s for s in supports)  # the copied sentence is the support's own
     assert {("sciq", TOKENS["recall"]), ("squad", TOKENS["recall"]), ("squad", TOKENS["explain"])} <= kinds
+
+
+def test_retrieved_training_data_holds_only_unmeasured_tune_questions_and_cites_the_passage_with_the_answer():
+    rows = [json.loads(line) for line in gzip.decompress(RETRIEVED_FILE.read_bytes()).decode().splitlines()]
+    for source in ("triviaqa", "nq_open"):
+        parts = {part: {i.id for i in load_qa(source, part)} for part in ("heldout", "tune")}
+        measured = {i.id for i in load_qa(source, "tune")[:QA_MEASURED]}
+        ids = {r["id"] for r in rows if r["source"] == source}
+        assert len(ids) >= 300 and ids <= parts["tune"] and not ids & parts["heldout"] and not ids & measured
+    examples = retrieved_examples(TOKENS, instruction=CITE_INSTRUCTION, held=1000, missing=40)
+    recall = [e for e in examples if e.messages[-1]["content"].startswith(TOKENS["recall"])]
+    explain = [e for e in examples if e.messages[-1]["content"].startswith(TOKENS["explain"])]
+    assert len(explain) == 40 and len(recall) >= 80 and len(recall) + len(explain) == len(examples)
+    for ex in recall:  # the reply copies a sentence (or the answer's words) of the cited passage
+        system, reply = ex.messages[0]["content"], strip_controls(ex.messages[-1]["content"], list(TOKENS.values()))
+        n = int(reply.rsplit("[", 1)[1].split("]")[0])
+        block = system.split(f"[{n}] ", 1)[1].split("\n\n[", 1)[0]
+        words = " ".join(re.findall(r"\w+", reply.rsplit(" [", 1)[0].lower()))
+        assert words in " ".join(re.findall(r"\w+", block.lower())), (reply, block)
+    assert all(e.messages[-1]["content"].endswith("(not in the sources)") for e in explain)
+    with pytest.raises(AsymmetryError, match="make_grounded_passages"):
+        retrieved_examples(TOKENS, instruction=CITE_INSTRUCTION, path=RETRIEVED_FILE.with_name("missing.jsonl.gz"))
