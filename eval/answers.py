@@ -16,13 +16,15 @@ Per answer (:func:`score_answer`), against every gold alias (the best alias coun
 - ``answer_in_passages``: an alias occurs (whole tokens) in a passage put into the prompt (title and text);
   ``passages_with_answer``: which ones;
 - ``grounded``: for a right answer (``contains``) whose answer is in some passage, whether it cites such a passage
-  (None otherwise).
+  (None otherwise);
+- ``marked``: the reply says its answer is not in the sources (the engine's ``(not in the sources)``).
 
 Over a run (:func:`qa_metrics`, primary ``contains``): the means of em/f1/contains/length, ``cite_rate`` (answers
 citing anything), ``citation_valid`` (of those, the share citing only existing passages), ``grounding`` (the share
 of grounded answers among right answers whose answer is in the passages), ``retrieval_ceiling`` (questions whose
-answer is in the prompt's passages) and ``contains`` split by ``answer_in_passages`` (do passages without the answer
-mislead?). A share over no questions is None (undefined), never NaN.
+answer is in the prompt's passages), ``contains`` split by ``answer_in_passages`` (do passages without the answer
+mislead?) and ``marked`` split likewise (does the reply say so when the passages lack the answer, and only then?).
+A share over no questions is None (undefined), never NaN.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from asymmetry.engine import NOT_IN_SOURCES
 
 PRIMARY_METRIC = "contains"
 
@@ -126,6 +130,7 @@ def score_answer(reply: str, aliases: Sequence[str], passages: Sequence[str] = (
         "answer_in_passages": bool(with_answer),
         "passages_with_answer": with_answer,
         "grounded": bool(set(cited) & set(with_answer)) if right and with_answer else None,
+        "marked": NOT_IN_SOURCES in reply.lower(),
     }
 
 
@@ -150,6 +155,8 @@ def qa_metrics(scores: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
         "retrieval_ceiling": _mean([float(s["answer_in_passages"]) for s in scores]),
         "contains_answer_in_passages": _mean([s["contains"] for s in inside]),
         "contains_answer_not_in_passages": _mean([s["contains"] for s in outside]),
+        "marked_answer_in_passages": _mean([float(s.get("marked", False)) for s in inside]),
+        "marked_answer_not_in_passages": _mean([float(s.get("marked", False)) for s in outside]),
         "n_answer_in_passages": float(len(inside)),
         "n": float(len(scores)),
     }

@@ -212,6 +212,9 @@ def print_qa_report(report: dict, out: str) -> None:
         print(f"contains when the passages hold the answer {_fmt(ours['contains_answer_in_passages']).strip()} "
               f"(n={int(ours['n_answer_in_passages'])}), when they do not "
               f"{_fmt(ours['contains_answer_not_in_passages']).strip()}")
+        lack, hold = (_fmt(ours.get(f"marked_answer_{k}in_passages")).strip() for k in ("not_", ""))
+        print(f"replies saying the answer is not in the sources: {lack} when the passages lack it, {hold} when they "
+              "hold it")
     print(f"wrote {out}/predictions.jsonl, report.json, run.json, qa_by_expert.png")
 
 

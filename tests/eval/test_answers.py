@@ -94,18 +94,20 @@ def test_qa_metrics_over_a_run():
         score_answer("December 1972 [1][3]", ["December 1972"], PASSAGES),  # right, not grounded, invalid citation
         score_answer("In 1969.", ["December 1972"], PASSAGES),  # wrong, no citation, in passages
         score_answer("Paris", ["Paris"], PASSAGES),  # right (exact), answer not in passages
+        score_answer("Lyon. (Not in the sources)", ["Paris"], PASSAGES),  # wrong, says the passages lack it
     ]
     m = qa_metrics(scores)
-    assert m[PRIMARY_METRIC] == pytest.approx(3 / 4)
-    assert m["em"] == pytest.approx(2 / 4)  # "Paris" and "December 1972 [1][3]" (markers stripped)
-    assert m["cite_rate"] == pytest.approx(2 / 4)
+    assert m[PRIMARY_METRIC] == pytest.approx(3 / 5)
+    assert m["em"] == pytest.approx(2 / 5)  # "Paris" and "December 1972 [1][3]" (markers stripped)
+    assert m["cite_rate"] == pytest.approx(2 / 5)
     assert m["citation_valid"] == pytest.approx(1 / 2)
     assert m["grounding"] == pytest.approx(1 / 2)  # of the two right answers whose answer is in the passages
-    assert m["retrieval_ceiling"] == pytest.approx(3 / 4)
+    assert m["retrieval_ceiling"] == pytest.approx(3 / 5)
     assert m["contains_answer_in_passages"] == pytest.approx(2 / 3)
-    assert m["contains_answer_not_in_passages"] == pytest.approx(1.0)
-    assert m["n"] == 4.0 and m["n_answer_in_passages"] == 3.0
-    assert m["length"] == pytest.approx((5 + 2 + 2 + 1) / 4)
+    assert m["contains_answer_not_in_passages"] == pytest.approx(1 / 2)
+    assert m["marked_answer_not_in_passages"] == pytest.approx(1 / 2) and m["marked_answer_in_passages"] == 0.0
+    assert m["n"] == 5.0 and m["n_answer_in_passages"] == 3.0
+    assert m["length"] == pytest.approx((5 + 2 + 2 + 1 + 5) / 5)
 
 
 def test_undefined_shares_are_none_not_nan():

@@ -74,7 +74,7 @@ def test_predictions_report_and_run_files(full_run, qa_file, engine):
         assert rec["answer"].strip() and 0 < rec["tokens"] <= MAX_TOKENS and rec["seconds"] > 0
         assert [s["index"] for s in rec["sources"]] == list(range(1, len(rec["sources"]) + 1)) and rec["sources"]
         recomputed = score_answer(rec["answer"], answers)
-        for key in ("em", "f1", "contains", "length", "cited"):
+        for key in ("em", "f1", "contains", "length", "cited", "marked"):
             assert rec[key] == recomputed[key], key
         assert set(rec["baselines"]) == set(SYSTEMS[1:])
         # the passages baseline saw the plan's passages; the closed one saw none
@@ -89,6 +89,8 @@ def test_predictions_report_and_run_files(full_run, qa_file, engine):
     assert list(saved["systems"]) == SYSTEMS
     assert set(saved["per_expert"]) == {"general"} and set(saved["per_source"]) == {"qa"}
     assert saved["overall"]["retrieval_ceiling"] == pytest.approx(sum(r["answer_in_passages"] for r in recs) / 6)
+    inside = [r for r in recs if r["answer_in_passages"]]
+    assert saved["overall"]["marked_answer_in_passages"] == pytest.approx(sum(r["marked"] for r in inside) / len(inside))
     closed = saved["systems"]["hf:smollm2:closed"]["overall"]
     assert closed["retrieval_ceiling"] == 0.0 and closed["grounding"] is None
     assert all(v > 0 for v in saved["timings"]["mean_seconds_per_question"].values())
