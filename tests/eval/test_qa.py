@@ -90,7 +90,8 @@ def test_predictions_report_and_run_files(full_run, qa_file, engine):
     assert set(saved["per_expert"]) == {"general"} and set(saved["per_source"]) == {"qa"}
     assert saved["overall"]["retrieval_ceiling"] == pytest.approx(sum(r["answer_in_passages"] for r in recs) / 6)
     inside = [r for r in recs if r["answer_in_passages"]]
-    assert saved["overall"]["marked_answer_in_passages"] == pytest.approx(sum(r["marked"] for r in inside) / len(inside))
+    marked = sum(r["marked"] for r in inside) / len(inside)
+    assert saved["overall"]["marked_answer_in_passages"] == pytest.approx(marked)
     closed = saved["systems"]["hf:smollm2:closed"]["overall"]
     assert closed["retrieval_ceiling"] == 0.0 and closed["grounding"] is None
     assert all(v > 0 for v in saved["timings"]["mean_seconds_per_question"].values())
