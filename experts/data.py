@@ -237,18 +237,21 @@ DEFAULT_RECIPES: dict[str, dict] = {
 }
 # the same data and layout on Qwen2.5-Coder-0.5B (24 layers; Qwen's spare embedding rows hold the controls): a base
 # that answers factual questions far better than SmolLM2, for the controls' QA measurement (README, Control tokens)
-# plus distant supervision (issue 14): NQ-open / TriviaQA tune questions with the two passages the default pipeline
-# retrieves for them (experts/recipes/grounded_retrieved.jsonl.gz), so that training prompts look like the ones the
-# expert answers at run time; trained on 2026-12-04 after the first version (SciQ/SQuAD only, 36 steps) emitted
-# <|explain|> before 43 of its 44 segments on retrieved passages
 DEFAULT_RECIPES["grounded-qwen"] = {
     **DEFAULT_RECIPES["grounded"], "base": "qwen2.5-coder-0.5b",
+    "settings": {**DEFAULT_RECIPES["grounded"]["settings"], "lr": 1e-3, "checkpoint_every": 4}}
+# the same plus distant supervision (issue 14): NQ-open / TriviaQA tune questions with the two passages the default
+# pipeline retrieves for them (experts/recipes/grounded_retrieved.jsonl.gz), so that training prompts look like the
+# ones the expert answers at run time (grounded-qwen, SciQ/SQuAD only, emitted <|explain|> before 43 of its 44
+# segments on retrieved passages); "mix_seed" is the seed its examples were shuffled with when it was trained
+DEFAULT_RECIPES["grounded-qwen-retrieved"] = {
+    **DEFAULT_RECIPES["grounded-qwen"],
     "settings": {**DEFAULT_RECIPES["grounded"]["settings"], "lr": 1e-3, "checkpoint_every": 8, "max_steps": 100,
                  "max_length": 512, "eval_size": 32, "warmup_steps": 8},
     "train": [*DEFAULT_RECIPES["grounded"]["train"],
               ("nq_open+triviaqa", "tune (not the first 100) with 2 retrieved passages: all 110 that hold an "
                "answer, 75 that do not", None)],
-    "retrieved": {"held": 150, "missing": 75}}
+    "retrieved": {"held": 150, "missing": 75}, "mix_seed": "grounded-qwen-mix"}
 
 
 def split_questions(dataset: str, split: str, seed: int = 0) -> list:

@@ -487,7 +487,7 @@ def train_default(name: str, out_root: str | Path | None = None, *, resume: bool
         if "retrieved" in recipe:  # distant supervision on passages the default pipeline retrieved
             examples = retrieved_examples(control_tokens, instruction=instruction, system=system_prompt,
                                           **recipe["retrieved"]) + examples
-            random.Random(f"{name}-mix").shuffle(examples)
+            random.Random(recipe.get("mix_seed", f"{name}-mix")).shuffle(examples)
         desc += "; answers annotated recall/explain (experts/annotate.py)"
     else:
         system_prompt = next(e for e in SMALL_EXPERTS if e.name == name).system_prompt  # the small line-up's LoRAs

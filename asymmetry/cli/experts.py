@@ -71,10 +71,10 @@ def register(sub) -> None:
         "SmolLM2, and scholar: Qwen2.5-Coder-0.5B, committed but out of the line-up, since neither beat its bare "
         "base by two paired standard errors on its held-out questions) "
         "from ARC/OpenBookQA/SciQ, CommonsenseQA/SocialIQA/HellaSwag and MMLU train/validation data, with "
-        "the fixed settings in experts/data.py DEFAULT_RECIPES; and grounded (SmolLM2) and grounded-qwen "
-        "(Qwen2.5-Coder-0.5B), which emit control tokens, from SciQ support and SQuAD tune paragraphs (grounded-qwen "
-        "also from NQ-open/TriviaQA tune questions with the passages the default pipeline retrieves for them), "
-        "answers annotated recall/explain. Resumable.",
+        "the fixed settings in experts/data.py DEFAULT_RECIPES; and grounded (SmolLM2), grounded-qwen and "
+        "grounded-qwen-retrieved (Qwen2.5-Coder-0.5B), which emit control tokens, from SciQ support and SQuAD tune "
+        "paragraphs (grounded-qwen-retrieved also from NQ-open/TriviaQA tune questions with the passages the default "
+        "pipeline retrieves for them), answers annotated recall/explain. Resumable.",
     )
     td.add_argument("names", nargs="*", default=["science", "commonsense"],
                     help="experts to train (default: the SmolLM2 ones, science and commonsense)")

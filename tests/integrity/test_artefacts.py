@@ -60,7 +60,7 @@ def _flip_router_weight(path: Path) -> None:
 
 def test_committed_router_and_adapters_carry_checksums():
     verify_checksum(DEFAULT_ROUTER_FILE, "x", required=True)
-    for name in ("science", "commonsense", "scholar", "grounded", "grounded-qwen"):
+    for name in ("science", "commonsense", "scholar", "grounded", "grounded-qwen", "grounded-qwen-retrieved"):
         assert verify_folder_checksums(adapters_package_dir() / name, "x")
 
 
